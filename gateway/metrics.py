@@ -1,0 +1,66 @@
+"""Prometheus metrics, one registry per running gateway (so tests can run many)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from gateway import __version__
+
+
+class Metrics:
+    """Every metric the gateway exports. Updating one costs a lock and an add."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        build = Gauge("gateway_build_info", "Build of this gateway", ["version"], registry=r)
+        build.labels(version=__version__).set(1)
+        self.index_size = Gauge(
+            "gateway_index_entries", "Entries in the in-memory routing index", ["kind"], registry=r
+        )
+        self.index_age = Gauge(
+            "gateway_index_age_seconds", "Seconds since the index was last fully loaded", registry=r
+        )
+        self.index_generation = Gauge(
+            "gateway_index_generation", "Full loads of the routing index so far", registry=r
+        )
+        self.index_reload_seconds = Histogram(
+            "gateway_index_reload_duration_seconds",
+            "Time to load the whole routing index from Postgres",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+            registry=r,
+        )
+        self.index_notifications = Counter(
+            "gateway_index_notifications_applied",
+            "Change notifications applied to the routing index",
+            ["table"],
+            registry=r,
+        )
+        self.index_listener_reconnects = Counter(
+            "gateway_index_listener_reconnects",
+            "Times the index listener reconnected to Postgres",
+            registry=r,
+        )
+        self.db_pool_size = Gauge("gateway_db_pool_connections", "Connections open in the pool", registry=r)
+        self.db_pool_in_use = Gauge("gateway_db_pool_in_use", "Pool connections checked out", registry=r)
+        self.http_requests = Counter(
+            "gateway_http_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+
+    def watch_pool(self, size: Callable[[], float], in_use: Callable[[], float]) -> None:
+        self.db_pool_size.set_function(size)
+        self.db_pool_in_use.set_function(in_use)
+
+    def watch_index_age(self, age: Callable[[], float]) -> None:
+        self.index_age.set_function(age)

@@ -1,0 +1,159 @@
+"""The composition root: config -> database -> migrations -> index -> servers.
+
+``Gateway.start`` builds the parts in that order; ``Gateway.stop`` takes them
+down in reverse (stop accepting, drain, close the pool, stop the embedded
+cluster) within ``shutdown.grace_period_s``. Nothing else in the package
+constructs long-lived parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.http.app import build_app
+from gateway.metrics import Metrics
+from gateway.store import demo
+from gateway.store.embedded import EmbeddedPostgres
+from gateway.store.index_keeper import IndexKeeper
+from gateway.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """One running gateway: its database, index and listeners."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.embedded: EmbeddedPostgres | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.keeper: IndexKeeper | None = None
+        self.dsn = settings.database.url
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    async def start(self) -> None:
+        db = self.settings.database
+        if not self.dsn:
+            self.embedded = EmbeddedPostgres(Path(db.embedded_dir), run_as=db.embedded_user)
+            self.dsn = await asyncio.to_thread(self.embedded.start)
+        self.pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=db.pool_min_size,
+            max_size=db.pool_max_size,
+            timeout=db.connect_timeout_s,
+            command_timeout=db.command_timeout_s,
+        )
+        pool = self.pool
+        self.metrics.watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        self.keeper = IndexKeeper(
+            self.dsn,
+            self.metrics,
+            reload_interval_s=self.settings.index.reload_interval_s,
+            max_backoff_s=self.settings.index.reconnect_max_backoff_s,
+            connect_timeout_s=db.connect_timeout_s,
+        )
+        await self.keeper.start()
+        app = build_app(self.metrics, self.readiness, self.settings.http.max_body_bytes)
+        self._runner = web.AppRunner(
+            app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
+        await site.start()
+        self.http_port = self._bound_port()
+        log.info("HTTP listening on %s:%s", self.settings.http.host, self.http_port)
+
+    async def stop(self) -> None:
+        """Reverse of start; safe to call on a partly started gateway."""
+        grace = self.settings.shutdown.grace_period_s
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops accepting, then drains within grace
+            self._runner = None
+        if self.keeper is not None:
+            await self.keeper.stop()
+            self.keeper = None
+        if self.pool is not None:
+            try:
+                async with asyncio.timeout(max(grace, 1.0)):
+                    await self.pool.close()
+            except TimeoutError:
+                self.pool.terminate()
+            self.pool = None
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
+
+    async def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Database reachable and index loaded and following changes."""
+        keeper = self.keeper
+        detail: dict[str, object] = {}
+        if keeper is not None:
+            size = keeper.index.size()
+            detail = {
+                "index_generation": keeper.generation,
+                "index_age_seconds": round(keeper.age_s(), 3) if keeper.loaded_at else None,
+                "index_lead_phones": size.lead_phones,
+                "index_numbers": size.numbers,
+            }
+        if self.pool is None or keeper is None:
+            return False, {**detail, "reason": "starting"}
+        try:
+            async with asyncio.timeout(self.settings.database.connect_timeout_s):
+                await self.pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            return False, {**detail, "reason": f"database unreachable: {type(exc).__name__}"}
+        if not keeper.ready:
+            return False, {**detail, "reason": keeper.last_error or "index not ready"}
+        return True, detail
+
+    def _bound_port(self) -> int:
+        assert self._runner is not None
+        for site_address in self._runner.addresses:
+            if isinstance(site_address, tuple):
+                return int(site_address[1])
+        return self.settings.http.port
+
+
+async def serve(settings: Settings, seed_demo: bool = False) -> int:
+    """Run until SIGTERM/SIGINT, then shut down in order. Returns the exit code."""
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        if seed_demo:
+            assert gateway.pool is not None
+            async with gateway.pool.acquire() as conn:
+                for line in await demo.seed(conn):
+                    print(line, flush=True)
+        print(
+            f"gateway ready: HTTP http://{_display_host(settings.http.host)}:{gateway.http_port} "
+            f"(/healthz /readyz /metrics)",
+            flush=True,
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await gateway.stop()
+    return 0
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
