@@ -84,9 +84,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
 
 
-def load_settings(
-    path: Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (``path``, else ``$GATEWAY_CONFIG``, else
     ``config/gateway.toml`` when present), then environment overrides."""
     env = os.environ if env is None else env

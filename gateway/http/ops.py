@@ -13,7 +13,7 @@ from gateway.metrics import Metrics
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 
 METRICS = web.AppKey("metrics", Metrics)
-READINESS = web.AppKey("readiness", Readiness)
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -35,7 +35,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == PROBLEM_JSON:
             raise
-        response = problem(exc.status, exc.reason, exc.text if exc.text != f"{exc.status}: {exc.reason}" else None)
+        response = problem(
+            exc.status, exc.reason, exc.text if exc.text != f"{exc.status}: {exc.reason}" else None
+        )
         for name in ("Allow", "Retry-After", "WWW-Authenticate"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]

@@ -5,7 +5,7 @@ Idempotent: an existing "Demo Realty" account is left as it is.
 
 from __future__ import annotations
 
-import asyncpg
+from gateway.store import Conn
 
 DEMO_ACCOUNT = "Demo Realty"
 COMPANY_NUMBER = "+15550100000"
@@ -13,7 +13,7 @@ OFFICE_NUMBER = "+15550100001"
 LEAD_PHONE = "+15550200001"
 
 
-async def seed(conn: asyncpg.Connection) -> list[str]:
+async def seed(conn: Conn) -> list[str]:
     """Create the demo account once; return lines describing it. A few inserts."""
     async with conn.transaction():
         account_id = await conn.fetchval("SELECT id FROM accounts WHERE name = $1", DEMO_ACCOUNT)
@@ -27,7 +27,7 @@ async def seed(conn: asyncpg.Connection) -> list[str]:
     ]
 
 
-async def _create(conn: asyncpg.Connection) -> int:
+async def _create(conn: Conn) -> int:
     account_id: int = await conn.fetchval(
         "INSERT INTO accounts (name, plan) VALUES ($1, 'enterprise') RETURNING id", DEMO_ACCOUNT
     )
@@ -43,37 +43,52 @@ async def _create(conn: asyncpg.Connection) -> int:
         users[role if role == "owner" else name.split()[0].lower()] = await conn.fetchval(
             "INSERT INTO users (account_id, email, name, role, package, call_destination)"
             " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            account_id, email, name, role, package, f"sip:{name.split()[0].lower()}@127.0.0.1:5070",
+            account_id,
+            email,
+            name,
+            role,
+            package,
+            f"sip:{name.split()[0].lower()}@127.0.0.1:5070",
         )
     for user in ("alex", "sam"):
         await conn.execute(
             "INSERT INTO user_offices (account_id, user_id, office_id) VALUES ($1, $2, $3)",
-            account_id, users[user], office_id,
+            account_id,
+            users[user],
+            office_id,
         )
     company = await conn.fetchval(
         "INSERT INTO numbers (account_id, e164, kind, description, source, tag)"
         " VALUES ($1, $2, 'company', 'Main line', 'Company Number', 'inbound-call') RETURNING id",
-        account_id, COMPANY_NUMBER,
+        account_id,
+        COMPANY_NUMBER,
     )
     office = await conn.fetchval(
         "INSERT INTO numbers (account_id, e164, kind, office_id, description, unknown_route,"
         " source, tag) VALUES ($1, $2, 'office', $3, 'Downtown office', 'ring_all',"
         " 'Office Number', 'downtown') RETURNING id",
-        account_id, OFFICE_NUMBER, office_id,
+        account_id,
+        OFFICE_NUMBER,
+        office_id,
     )
     await conn.executemany(
-        "INSERT INTO number_route_targets (account_id, number_id, position, user_id)"
-        " VALUES ($1, $2, $3, $4)",
-        [(account_id, company, 0, users["owner"]),
-         (account_id, office, 0, users["alex"]), (account_id, office, 1, users["sam"])],
+        "INSERT INTO number_route_targets (account_id, number_id, position, user_id) VALUES ($1, $2, $3, $4)",
+        [
+            (account_id, company, 0, users["owner"]),
+            (account_id, office, 0, users["alex"]),
+            (account_id, office, 1, users["sam"]),
+        ],
     )
     lead = await conn.fetchval(
         "INSERT INTO leads (account_id, name, primary_agent_id, source)"
         " VALUES ($1, 'Pat Buyer', $2, 'Zillow') RETURNING id",
-        account_id, users["alex"],
+        account_id,
+        users["alex"],
     )
     await conn.execute(
         "INSERT INTO lead_phones (account_id, lead_id, e164) VALUES ($1, $2, $3)",
-        account_id, lead, LEAD_PHONE,
+        account_id,
+        lead,
+        LEAD_PHONE,
     )
     return account_id

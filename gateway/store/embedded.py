@@ -94,8 +94,9 @@ class EmbeddedPostgres:
         """Fast shutdown (active sessions are disconnected); waits until it is down."""
         if not self._we_started:
             return
-        self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
-                  check=False)
+        self._run(
+            [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], check=False
+        )
         self._we_started = False
 
     def restart_for_tests(self) -> None:
@@ -113,14 +114,25 @@ class EmbeddedPostgres:
     # -- internals -----------------------------------------------------------
 
     def _initdb(self) -> None:
+        self._check_reachable()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._own(self.data_dir)
         os.chmod(self.data_dir, 0o700)
         log.info("creating embedded postgres cluster in %s", self.data_dir)
-        self._run([
-            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-            "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions",
-        ])
+        self._run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+                "--no-instructions",
+            ]
+        )
 
     def _start_server(self) -> None:
         options = [
@@ -129,10 +141,21 @@ class EmbeddedPostgres:
             "-c unix_socket_permissions=0700",
             *self.extra_options,
         ]
-        self._run([
-            str(self.bin_dir / "pg_ctl"), "start", "-D", str(self.data_dir), "-w", "-t", "60",
-            "-l", str(self.data_dir / "server.log"), "-o", " ".join(options),
-        ])
+        self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.data_dir / "server.log"),
+                "-o",
+                " ".join(options),
+            ]
+        )
 
     def _running(self) -> bool:
         result = self._run([str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
@@ -140,13 +163,53 @@ class EmbeddedPostgres:
 
     def _ensure_database(self) -> None:
         psql = self.bin_dir / "psql"
-        exists = self._run([
-            str(psql), "-h", str(self.socket_dir), "-U", SUPERUSER, "-d", "postgres", "-tAc",
-            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
-        ])
+        exists = self._run(
+            [
+                str(psql),
+                "-h",
+                str(self.socket_dir),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
+            ]
+        )
         if exists.stdout.strip() != "1":
-            self._run([str(psql), "-h", str(self.socket_dir), "-U", SUPERUSER, "-d", "postgres",
-                       "-c", f"CREATE DATABASE {DATABASE}"])
+            self._run(
+                [
+                    str(psql),
+                    "-h",
+                    str(self.socket_dir),
+                    "-U",
+                    SUPERUSER,
+                    "-d",
+                    "postgres",
+                    "-c",
+                    f"CREATE DATABASE {DATABASE}",
+                ]
+            )
+
+    def _check_reachable(self) -> None:
+        """As root, the cluster's user must be able to enter every parent directory."""
+        if self._user is None:
+            return
+        for parent in reversed(self.data_dir.parents):
+            if not parent.exists():
+                break
+            st = parent.stat()
+            if st.st_uid == self._user.pw_uid:
+                bit = 0o100
+            elif st.st_gid == self._user.pw_gid:
+                bit = 0o010
+            else:
+                bit = 0o001
+            if not st.st_mode & bit:
+                raise EmbeddedPostgresError(
+                    f"user {self._user.pw_name!r} cannot enter {parent}: "
+                    f"chmod o+x it, or set database.embedded_dir elsewhere"
+                )
 
     def _own(self, path: Path) -> None:
         if self._user is not None:

@@ -103,9 +103,9 @@ class IndexKeeper:
                 raise ConnectionError("index listener is not connected")
             await self._load(conn)
 
-    async def wait_until(self, predicate: Callable[[Index], bool], timeout: float = 5.0) -> None:
+    async def wait_until(self, predicate: Callable[[Index], bool], limit_s: float = 5.0) -> None:
         """Wait until ``predicate(index)`` holds after an applied change or reload."""
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(limit_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self.index))
 
     # -- connection lifecycle ------------------------------------------------
@@ -134,8 +134,12 @@ class IndexKeeper:
         self._metrics.index_reload_seconds.observe(time.perf_counter() - started)
         self._metrics.index_generation.set(self.generation)
         self._publish_size()
-        log.info("index loaded: generation %d, %s in %.2fs", self.generation, index.size(),
-                 time.perf_counter() - started)
+        log.info(
+            "index loaded: generation %d, %s in %.2fs",
+            self.generation,
+            index.size(),
+            time.perf_counter() - started,
+        )
         await self._notify_changed()
 
     async def _supervise(self) -> None:
@@ -181,7 +185,7 @@ class IndexKeeper:
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 await conn.close(timeout=1)
 
-    def _on_terminated(self, conn: asyncpg.Connection) -> None:
+    def _on_terminated(self, conn: object) -> None:
         if conn is self._conn:
             self._lost.set()
 

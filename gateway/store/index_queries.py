@@ -7,9 +7,6 @@ cursor in batches (no per-row round trips, bounded client memory).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
-
 import asyncpg
 
 from gateway.domain.index import Index, LeadRef, Number, User
@@ -39,7 +36,7 @@ SELECT lp.account_id, substr(lp.e164, 2)::int8, lp.lead_id, l.primary_agent_id,
 BATCH_ROWS = 50_000
 
 
-def number_from_row(row: Mapping[str, Any]) -> Number:
+def number_from_row(row: asyncpg.Record) -> Number:
     return Number(
         id=row["id"],
         account_id=row["account_id"],
@@ -57,7 +54,7 @@ def number_from_row(row: Mapping[str, Any]) -> Number:
     )
 
 
-def user_from_row(row: Mapping[str, Any]) -> User:
+def user_from_row(row: asyncpg.Record) -> User:
     return User(
         id=row["id"],
         account_id=row["account_id"],
@@ -96,10 +93,10 @@ async def load_snapshot(conn: asyncpg.Connection) -> Index:
 async def fetch_number(conn: asyncpg.Connection, number_id: int) -> Number | None:
     """One number with its route targets, or None if gone. One round trip."""
     row = await conn.fetchrow(_NUMBERS + " WHERE n.id = $1", number_id)
-    return None if row is None else number_from_row(cast(Mapping[str, Any], row))
+    return None if row is None else number_from_row(row)
 
 
 async def fetch_user(conn: asyncpg.Connection, user_id: int) -> User | None:
     """One user with their offices, or None if gone. One round trip."""
     row = await conn.fetchrow(_USERS + " WHERE u.id = $1", user_id)
-    return None if row is None else user_from_row(cast(Mapping[str, Any], row))
+    return None if row is None else user_from_row(row)

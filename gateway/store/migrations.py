@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from gateway.store import Conn
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def available() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Conn) -> list[int]:
     """Apply pending migrations; returns the versions applied (empty when none).
     Costs one round trip when up to date, plus each pending script."""
     applied_now: list[int] = []
@@ -60,7 +60,8 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version, migration.name,
+                    migration.version,
+                    migration.name,
                 )
             log.info("applied migration %04d_%s", migration.version, migration.name)
             applied_now.append(migration.version)

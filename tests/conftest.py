@@ -1,0 +1,106 @@
+"""Shared fixtures: a real PostgreSQL cluster for the session, a migrated
+template database, and a fresh database cloned from it for each test."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import uvloop
+
+from gateway.store.embedded import EmbeddedPostgres
+from gateway.store.migrations import migrate
+
+# Durability off: tests never survive a crash of their own cluster.
+FAST = ("-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off")
+TEMPLATE = "gateway_template"
+_db_numbers = itertools.count()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    return {"uvloop": uvloop.new_event_loop}  # production runs on uvloop; so do the tests
+
+
+def make_cluster(root: Path) -> EmbeddedPostgres:
+    """A new cluster under ``root``, started; the caller stops it."""
+    root.chmod(0o755)  # the unprivileged postgres user must reach its data dir
+    cluster = EmbeddedPostgres(root / "pg", extra_options=FAST)
+    cluster.start()
+    return cluster
+
+
+def dsn_for(cluster: EmbeddedPostgres, database: str) -> str:
+    return cluster.dsn.replace("/gateway?", f"/{database}?")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedPostgres]:
+    with tempfile.TemporaryDirectory(prefix="gw-test-") as tmp:
+        cluster = make_cluster(Path(tmp))
+        try:
+            asyncio.run(_make_template(cluster))
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+async def _make_template(cluster: EmbeddedPostgres) -> None:
+    admin = await asyncpg.connect(cluster.dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(dsn_for(cluster, TEMPLATE))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def create_database(cluster: EmbeddedPostgres, template: str | None = TEMPLATE) -> str:
+    name = f"t{os.getpid()}_{next(_db_numbers)}"
+    admin = await asyncpg.connect(cluster.dsn)
+    try:
+        clause = f" TEMPLATE {template}" if template else ""
+        await admin.execute(f"CREATE DATABASE {name}{clause}")
+    finally:
+        await admin.close()
+    return dsn_for(cluster, name)
+
+
+@pytest.fixture
+async def db_dsn(cluster: EmbeddedPostgres) -> str:
+    """A fresh, migrated database of its own."""
+    return await create_database(cluster)
+
+
+@pytest.fixture
+async def empty_dsn(cluster: EmbeddedPostgres) -> str:
+    """A fresh database with no schema at all."""
+    return await create_database(cluster, template=None)
+
+
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(db_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[EmbeddedPostgres]:
+    """A cluster of this test's own, for stopping and restarting it."""
+    with tempfile.TemporaryDirectory(prefix="gw-fault-") as tmp:
+        cluster = make_cluster(Path(tmp))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()

@@ -1,0 +1,106 @@
+"""Ops endpoints over real HTTP on a real gateway (issue 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from gateway.config import DatabaseSettings, HttpSettings, IndexSettings, Settings
+from gateway.server import Gateway
+from gateway.store.embedded import EmbeddedPostgres
+
+
+def settings_for(dsn: str) -> Settings:
+    return dataclasses.replace(
+        Settings(),
+        http=HttpSettings(host="127.0.0.1", port=0),
+        database=DatabaseSettings(url=dsn, connect_timeout_s=2.0),
+        index=IndexSettings(reconnect_max_backoff_s=0.5),
+    )
+
+
+@pytest.fixture
+async def gateway(db_dsn: str) -> AsyncIterator[Gateway]:
+    gw = Gateway(settings_for(db_dsn))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+async def get(gw: Gateway, path: str) -> tuple[int, str, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{gw.http_port}{path}") as response,
+    ):
+        return response.status, response.headers["Content-Type"], await response.text()
+
+
+async def test_healthz_readyz_metrics(gateway: Gateway) -> None:
+    status, _, body = await get(gateway, "/healthz")
+    assert status == 200 and '"ok"' in body
+    status, _, body = await get(gateway, "/readyz")
+    assert status == 200 and '"ready"' in body
+    status, content_type, body = await get(gateway, "/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    for name in (
+        "gateway_build_info",
+        "gateway_index_entries",
+        "gateway_index_age_seconds",
+        "gateway_index_reload_duration_seconds_bucket",
+        "gateway_index_notifications_applied",
+        "gateway_db_pool_connections",
+        "gateway_db_pool_in_use",
+        "process_resident_memory_bytes",
+    ):
+        assert name in body, name
+
+
+async def test_unknown_path_is_a_problem_document(gateway: Gateway) -> None:
+    status, content_type, body = await get(gateway, "/no/such/thing")
+    assert status == 404
+    assert content_type.startswith("application/problem+json")
+    assert '"status": 404' in body
+
+
+async def test_metrics_count_index_notifications(gateway: Gateway, db_dsn: str) -> None:
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await conn.execute("INSERT INTO accounts (name) VALUES ('m')")
+        account = await conn.fetchval("SELECT id FROM accounts WHERE name = 'm'")
+        await conn.execute(
+            "INSERT INTO users (account_id, email, role) VALUES ($1, 'a@b.test', 'owner')", account
+        )
+    finally:
+        await conn.close()
+    assert gateway.keeper is not None
+    await gateway.keeper.wait_until(lambda idx: idx.size().users == 1)
+    _, _, body = await get(gateway, "/metrics")
+    assert 'gateway_index_notifications_applied_total{table="users"} 1.0' in body
+    assert 'gateway_index_entries{kind="users"} 1.0' in body
+
+
+async def test_readyz_is_503_while_the_database_is_down(private_cluster: EmbeddedPostgres) -> None:
+    gw = Gateway(settings_for(private_cluster.dsn))
+    await gw.start()
+    try:
+        assert (await get(gw, "/readyz"))[0] == 200
+        await asyncio.to_thread(private_cluster.stop_server)
+        status, content_type, body = await get(gw, "/readyz")
+        assert status == 503 and content_type.startswith("application/problem+json")
+        assert "unreachable" in body or "index" in body
+        assert (await get(gw, "/healthz"))[0] == 200  # alive all the same
+        await asyncio.to_thread(private_cluster.start_server)
+        for _ in range(100):
+            if (await get(gw, "/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await get(gw, "/readyz"))[0] == 200
+    finally:
+        await gw.stop()
