@@ -136,10 +136,12 @@ async def serve(settings: Settings, seed_demo: bool = False) -> int:
     try:
         await gateway.start()
         if seed_demo:
-            assert gateway.pool is not None
+            assert gateway.pool is not None and gateway.keeper is not None
             async with gateway.pool.acquire() as conn:
                 for line in await demo.seed(conn):
                     print(line, flush=True)
+            # Announce ready only once the demo can be routed.
+            await gateway.keeper.wait_until(demo.routable, limit_s=10)
         print(
             f"gateway ready: HTTP http://{_display_host(settings.http.host)}:{gateway.http_port} "
             f"(/healthz /readyz /metrics)",

@@ -5,12 +5,23 @@ Idempotent: an existing "Demo Realty" account is left as it is.
 
 from __future__ import annotations
 
+from gateway.domain.index import Index
 from gateway.store import Conn
 
 DEMO_ACCOUNT = "Demo Realty"
 COMPANY_NUMBER = "+15550100000"
 OFFICE_NUMBER = "+15550100001"
 LEAD_PHONE = "+15550200001"
+
+
+def routable(index: Index) -> bool:
+    """The demo's numbers and lead are in the routing index."""
+    number = index.number(COMPANY_NUMBER)
+    return (
+        number is not None
+        and index.number(OFFICE_NUMBER) is not None
+        and bool(index.leads_for(number.account_id, LEAD_PHONE))
+    )
 
 
 async def seed(conn: Conn) -> list[str]:

@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make run` and `make test`. Both set up .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CODE   := gateway tests benchmarks
+
+.PHONY: run test lint typecheck unit bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the gateway on an embedded Postgres (./var/pg) with a demo account.
+run: $(STAMP)
+	$(BIN)/gateway serve --seed-demo
+
+## The whole suite (starts its own Postgres) plus ruff and mypy --strict.
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+## Benchmarks: each prints a `result:` line (see benchmarks/README.md).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/index_load.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
