@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class Gateway:
     """One running gateway: its database, index and listeners."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, seed_demo: bool = False) -> None:
         self.settings = settings
+        self.seed_demo = seed_demo
         self.metrics = Metrics()
         self.embedded: EmbeddedPostgres | None = None
         self.pool: asyncpg.Pool | None = None
@@ -65,6 +66,12 @@ class Gateway:
             connect_timeout_s=db.connect_timeout_s,
         )
         await self.keeper.start()
+        if self.seed_demo:
+            async with pool.acquire() as conn:
+                for line in await demo.seed(conn):
+                    print(line, flush=True)
+            # Listen only once the demo can be routed.
+            await self.keeper.wait_until(demo.routable, limit_s=10)
         app = build_app(self.metrics, self.readiness, self.settings.http.max_body_bytes)
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None
@@ -128,20 +135,13 @@ class Gateway:
 
 async def serve(settings: Settings, seed_demo: bool = False) -> int:
     """Run until SIGTERM/SIGINT, then shut down in order. Returns the exit code."""
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, seed_demo=seed_demo)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await gateway.start()
-        if seed_demo:
-            assert gateway.pool is not None and gateway.keeper is not None
-            async with gateway.pool.acquire() as conn:
-                for line in await demo.seed(conn):
-                    print(line, flush=True)
-            # Announce ready only once the demo can be routed.
-            await gateway.keeper.wait_until(demo.routable, limit_s=10)
         print(
             f"gateway ready: HTTP http://{_display_host(settings.http.host)}:{gateway.http_port} "
             f"(/healthz /readyz /metrics)",
