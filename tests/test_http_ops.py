@@ -67,6 +67,8 @@ async def test_unknown_path_is_a_problem_document(gateway: Gateway) -> None:
     assert status == 404
     assert content_type.startswith("application/problem+json")
     assert '"status": 404' in body
+    _, _, metrics = await get(gateway, "/metrics")
+    assert 'gateway_http_requests_total{route="unmatched",status="404"} 1.0' in metrics
 
 
 async def test_metrics_count_index_notifications(gateway: Gateway, db_dsn: str) -> None:

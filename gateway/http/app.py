@@ -5,12 +5,21 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.http import ops
-from gateway.http.problems import problem_middleware
+from gateway.http.problems import Handler, problem_middleware
 from gateway.metrics import Metrics
 
 
 def build_app(metrics: Metrics, readiness: ops.Readiness, max_body_bytes: int) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=max_body_bytes)
+    @web.middleware
+    async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Label by route template, never by raw path: ids must not explode cardinality.
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        response = await handler(request)
+        metrics.http_requests.labels(route=route, status=str(response.status)).inc()
+        return response
+
+    app = web.Application(middlewares=[count_requests, problem_middleware], client_max_size=max_body_bytes)
     app[ops.METRICS] = metrics
     app[ops.READINESS] = readiness
     ops.add_routes(app)

@@ -99,11 +99,6 @@ class EmbeddedPostgres:
         )
         self._we_started = False
 
-    def restart_for_tests(self) -> None:
-        """Stop then start again with the same settings (fault-injection helper)."""
-        self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"])
-        self._start_server()
-
     def stop_server(self) -> None:
         """Stop the server but remember it as ours (fault-injection helper)."""
         self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"])
