@@ -27,6 +27,14 @@ async def keeper(db_dsn: str) -> AsyncIterator[IndexKeeper]:
         await keeper.stop()
 
 
+async def lead_from_new_connection(dsn: str, account_id: int, agent_id: int, phone: str) -> None:
+    writer = await asyncpg.connect(dsn)
+    try:
+        await factories.lead(writer, account_id, agent_id, phone)
+    finally:
+        await writer.close()
+
+
 def agents(index: Index, account: int, phone: str) -> set[int]:
     return {ref.agent_id for ref in index.leads_for(account, phone)}
 
@@ -169,11 +177,7 @@ async def test_recovers_after_postgres_restart_and_catches_up(private_cluster: E
         assert not keeper.ready
         await asyncio.to_thread(private_cluster.start_server)
         # Changes made while the listener is still away must arrive through the reload.
-        writer = await asyncpg.connect(dsn)
-        try:
-            await factories.lead(writer, acct.id, acct.agent_id, "+15554440000")
-        finally:
-            await writer.close()
+        await lead_from_new_connection(dsn, acct.id, acct.agent_id, "+15554440000")
         await keeper.wait_until(lambda idx: bool(idx.leads_for(acct.id, "+15554440000")), limit_s=15)
         assert keeper.generation >= 2
         for _ in range(100):
@@ -182,11 +186,7 @@ async def test_recovers_after_postgres_restart_and_catches_up(private_cluster: E
             await asyncio.sleep(0.05)
         assert keeper.ready
         # ... and notifications flow again on the new connection.
-        writer = await asyncpg.connect(dsn)
-        try:
-            await factories.lead(writer, acct.id, acct.owner_id, "+15554440001")
-        finally:
-            await writer.close()
+        await lead_from_new_connection(dsn, acct.id, acct.owner_id, "+15554440001")
         await keeper.wait_until(lambda idx: bool(idx.leads_for(acct.id, "+15554440001")), limit_s=5)
     finally:
         await keeper.stop()

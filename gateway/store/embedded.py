@@ -94,14 +94,12 @@ class EmbeddedPostgres:
         """Fast shutdown (active sessions are disconnected); waits until it is down."""
         if not self._we_started:
             return
-        self._run(
-            [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], check=False
-        )
+        self._pg_ctl("stop", "-m", "fast", "-w", check=False)
         self._we_started = False
 
     def stop_server(self) -> None:
         """Stop the server but remember it as ours (fault-injection helper)."""
-        self._run([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"])
+        self._pg_ctl("stop", "-m", "fast", "-w")
 
     def start_server(self) -> None:
         self._start_server()
@@ -136,55 +134,25 @@ class EmbeddedPostgres:
             "-c unix_socket_permissions=0700",
             *self.extra_options,
         ]
-        self._run(
-            [
-                str(self.bin_dir / "pg_ctl"),
-                "start",
-                "-D",
-                str(self.data_dir),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(self.data_dir / "server.log"),
-                "-o",
-                " ".join(options),
-            ]
-        )
+        log_file = str(self.data_dir / "server.log")
+        self._pg_ctl("start", "-w", "-t", "60", "-l", log_file, "-o", " ".join(options))
 
     def _running(self) -> bool:
-        result = self._run([str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
-        return result.returncode == 0
+        return self._pg_ctl("status", check=False).returncode == 0
 
     def _ensure_database(self) -> None:
-        psql = self.bin_dir / "psql"
-        exists = self._run(
-            [
-                str(psql),
-                "-h",
-                str(self.socket_dir),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-                "-tAc",
-                f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
-            ]
-        )
+        exists = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
         if exists.stdout.strip() != "1":
-            self._run(
-                [
-                    str(psql),
-                    "-h",
-                    str(self.socket_dir),
-                    "-U",
-                    SUPERUSER,
-                    "-d",
-                    "postgres",
-                    "-c",
-                    f"CREATE DATABASE {DATABASE}",
-                ]
-            )
+            self._psql(f"CREATE DATABASE {DATABASE}")
+
+    def _psql(self, sql: str) -> subprocess.CompletedProcess[str]:
+        socket = str(self.socket_dir)
+        return self._run(
+            [str(self.bin_dir / "psql"), "-h", socket, "-U", SUPERUSER, "-d", "postgres", "-tAc", sql]
+        )
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run([str(self.bin_dir / "pg_ctl"), *args, "-D", str(self.data_dir)], check=check)
 
     def _check_reachable(self) -> None:
         """As root, the cluster's user must be able to enter every parent directory."""
