@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## Benchmarks: each prints a `result:` line (see benchmarks/README.md).
+## Benchmarks: each prints a `result:` line (see README.md, "Benchmarks").
 bench: $(STAMP)
 	$(BIN)/python benchmarks/index_load.py
 

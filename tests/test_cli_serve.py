@@ -84,3 +84,22 @@ def _serve_and_stop(tmp_path: Path) -> None:
             proc.kill()
     cluster = EmbeddedPostgres(tmp_path / "pg")
     assert not cluster._running(), "embedded cluster left running"
+
+
+def test_no_postgres_binaries_says_what_to_install(tmp_path: Path) -> None:
+    """With no URL and no initdb/pg_ctl anywhere, one line says what to install."""
+    probe = (
+        "import glob, shutil, sys\n"
+        "shutil.which = lambda name, *a, **k: None\n"
+        "glob.glob = lambda pattern, *a, **k: []\n"
+        "from gateway.cli import main\n"
+        "sys.exit(main(['migrate']))\n"
+    )
+    env = {**os.environ, "GATEWAY_DATABASE_EMBEDDED_DIR": str(tmp_path / "pg")}
+    env.pop("GATEWAY_DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "no PostgreSQL server binaries" in line and "apt-get install -y postgresql" in line
