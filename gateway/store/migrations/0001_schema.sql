@@ -32,8 +32,9 @@ CREATE TABLE users (
     sender_number_id   bigint,  -- R10 "Sender ID to Display"; FK added below numbers
     -- SIP URI of the user's phone, or an E.164 reached through the outbound trunk.
     call_destination   text CHECK (call_destination ~ '^(sips?:.+|\+[1-9][0-9]{6,14})$'),
-    included_minutes   integer NOT NULL DEFAULT 0 CHECK (included_minutes >= 0),
-    included_segments  integer NOT NULL DEFAULT 0 CHECK (included_segments >= 0),
+    -- R9 allowances of the user's package; NULL: no allowance set, so never over quota.
+    included_minutes   integer CHECK (included_minutes >= 0),
+    included_segments  integer CHECK (included_segments >= 0),
     created_at         timestamptz NOT NULL DEFAULT now(),
     UNIQUE (account_id, id)
 );
