@@ -35,6 +35,7 @@ unit: $(STAMP)
 ## Benchmarks: each prints a `result:` line (see README.md, "Benchmarks").
 bench: $(STAMP)
 	$(BIN)/python benchmarks/index_load.py
+	$(BIN)/python benchmarks/routing.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
