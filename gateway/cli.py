@@ -18,7 +18,9 @@ import asyncpg
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.store.api_keys import create_account
 from gateway.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from gateway.store.migrations import migrate
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -32,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     serve.add_argument("--seed-demo", action="store_true", help="create the demo account if missing")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    account = commands.add_parser("account", help="manage accounts").add_subparsers(
+        dest="verb", required=True
+    )
+    create = account.add_parser("create", help="create an account and print its owner's API key")
+    create.add_argument("--name", required=True)
+    create.add_argument("--plan", choices=["standard", "enterprise"], default="standard")
+    create.add_argument("--owner-email", required=True)
     commands.add_parser("check-config", help="validate the configuration and exit")
     args = parser.parse_args(argv)
 
@@ -46,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print("configuration OK")
         return 0
     if args.command == "migrate":
-        return _run(lambda: _migrate(settings))
+        return _run(lambda: _with_database(settings, _migrate_only))
+    if args.command == "account":
+        return _run(lambda: _with_database(settings, lambda conn: _create_account(conn, args)))
     from gateway.server import serve as serve_forever
 
     return _run(lambda: serve_forever(settings, seed_demo=args.seed_demo))
@@ -69,9 +80,9 @@ def _run(entry: Callable[[], Awaitable[int]]) -> int:
     return EXIT_FAILURE
 
 
-async def _migrate(settings: Settings) -> int:
-    from gateway.store.migrations import migrate
-
+async def _with_database(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+    """Run ``work`` on a migrated database: the configured one, or the embedded
+    cluster started for the occasion and stopped afterwards."""
     embedded = None
     dsn = settings.database.url
     if not dsn:
@@ -80,13 +91,29 @@ async def _migrate(settings: Settings) -> int:
     try:
         conn = await asyncpg.connect(dsn, timeout=settings.database.connect_timeout_s)
         try:
-            applied = await migrate(conn)
+            return await work(conn)
         finally:
             await conn.close()
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _migrate_only(conn: asyncpg.Connection) -> int:
+    applied = await migrate(conn)
     print(f"applied migrations: {', '.join(map(str, applied))}" if applied else "schema up to date")
+    return 0
+
+
+async def _create_account(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    await migrate(conn)
+    try:
+        account_id, owner_id, key = await create_account(conn, args.name, args.plan, args.owner_email)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        print(f"gateway: account not created: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"account {account_id} created; owner user {owner_id} <{args.owner_email}>")
+    print(f"owner API key (shown once, store it now): {key}")
     return 0
 
 

@@ -4,6 +4,7 @@ template database, and a fresh database cloned from it for each test."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -14,6 +15,8 @@ import asyncpg
 import pytest
 import uvloop
 
+from gateway.config import DatabaseSettings, HttpSettings, IndexSettings, Settings
+from gateway.server import Gateway
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
 
@@ -104,3 +107,24 @@ def private_cluster() -> Iterator[EmbeddedPostgres]:
             yield cluster
         finally:
             cluster.stop()
+
+
+def settings_for(dsn: str) -> Settings:
+    """A gateway on ``dsn`` with HTTP on a free loopback port."""
+    return dataclasses.replace(
+        Settings(),
+        http=HttpSettings(host="127.0.0.1", port=0),
+        database=DatabaseSettings(url=dsn, connect_timeout_s=2.0),
+        index=IndexSettings(reconnect_max_backoff_s=0.5),
+    )
+
+
+@pytest.fixture
+async def gateway(db_dsn: str) -> AsyncIterator[Gateway]:
+    """A running gateway (pool, index, HTTP) on a fresh database."""
+    gw = Gateway(settings_for(db_dsn))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
-import pytest
 
-from gateway.config import DatabaseSettings, HttpSettings, IndexSettings, Settings
 from gateway.server import Gateway
 from gateway.store.embedded import EmbeddedPostgres
-
-
-def settings_for(dsn: str) -> Settings:
-    return dataclasses.replace(
-        Settings(),
-        http=HttpSettings(host="127.0.0.1", port=0),
-        database=DatabaseSettings(url=dsn, connect_timeout_s=2.0),
-        index=IndexSettings(reconnect_max_backoff_s=0.5),
-    )
-
-
-@pytest.fixture
-async def gateway(db_dsn: str) -> AsyncIterator[Gateway]:
-    gw = Gateway(settings_for(db_dsn))
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
+from tests.conftest import settings_for
 
 
 async def get(gw: Gateway, path: str) -> tuple[int, str, str]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
-from gateway.http import ops
+from gateway.http import crm_api, ops
+from gateway.http.auth import POOL, auth_middleware
 from gateway.http.problems import Handler, problem_middleware
 from gateway.metrics import Metrics
 
 
-def build_app(metrics: Metrics, readiness: ops.Readiness, max_body_bytes: int) -> web.Application:
+def build_app(
+    metrics: Metrics, readiness: ops.Readiness, max_body_bytes: int, pool: asyncpg.Pool
+) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Label by route template, never by raw path: ids must not explode cardinality.
@@ -19,8 +23,12 @@ def build_app(metrics: Metrics, readiness: ops.Readiness, max_body_bytes: int) -
         metrics.http_requests.labels(route=route, status=str(response.status)).inc()
         return response
 
-    app = web.Application(middlewares=[count_requests, problem_middleware], client_max_size=max_body_bytes)
+    app = web.Application(
+        middlewares=[count_requests, problem_middleware, auth_middleware], client_max_size=max_body_bytes
+    )
     app[ops.METRICS] = metrics
     app[ops.READINESS] = readiness
+    app[POOL] = pool
     ops.add_routes(app)
+    crm_api.add_routes(app)
     return app

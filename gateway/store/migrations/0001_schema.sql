@@ -234,6 +234,8 @@ CREATE TABLE notifications (
     number_id        bigint,
     kind             text NOT NULL DEFAULT 'unknown_caller' CHECK (kind IN ('unknown_caller')),
     channel          text NOT NULL CHECK (channel IN ('call', 'text')),
+    -- The call or text that raised it: one notification per event and routed user.
+    event_key        text NOT NULL CHECK (length(event_key) BETWEEN 1 AND 300),
     caller_e164      e164 NOT NULL,
     -- Copied from the number when raised, so later edits of the number do not rewrite history (R8).
     source           text,
@@ -256,6 +258,7 @@ CREATE TABLE notifications (
     FOREIGN KEY (account_id, message_id) REFERENCES messages (account_id, id) ON DELETE SET NULL (message_id)
 );
 CREATE INDEX notifications_user_state ON notifications (user_id, state, created_at DESC);
+CREATE UNIQUE INDEX notifications_once_per_event_and_user ON notifications (event_key, user_id);
 
 -- R9: usage is charged to users, never to numbers; the number is kept only as provenance.
 CREATE TABLE usage_ledger (

@@ -1,0 +1,171 @@
+"""CRM endpoints of the routing engine: timelines, notifications and their
+actions (R8), usage (R9). Every query is scoped by the caller's account; another
+account's resource answers 404 exactly like a missing one."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any
+
+from aiohttp import web
+
+from gateway.http.auth import POOL, principal
+from gateway.http.problems import problem
+from gateway.http.validation import field_error, json_object, optional_id, optional_text, path_id
+from gateway.store import Conn, notifications
+from gateway.store.api_keys import Principal
+
+_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_STATES = ("open", "closed", "all")
+
+
+def _not_found(what: str) -> web.Response:
+    return problem(404, "Not Found", f"no such {what}")
+
+
+async def _may_see_user(conn: Conn, who: Principal, user_id: int) -> bool:
+    """Users see their own; owners and admins any user of their own account."""
+    if who.user_id == user_id:
+        return True
+    return who.manages and bool(
+        await conn.fetchval("SELECT 1 FROM users WHERE id = $1 AND account_id = $2", user_id, who.account_id)
+    )
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _record(row: Any) -> dict[str, Any]:
+    return {key: _iso(value) for key, value in dict(row).items()}
+
+
+async def lead_timeline(request: web.Request) -> web.Response:
+    """``GET /v1/leads/{lead_id}/timeline``: newest first, at most 200. Two indexed reads."""
+    who, lead_id = principal(request), path_id(request, "lead_id")
+    async with request.app[POOL].acquire() as conn:
+        if (
+            await conn.fetchval(
+                "SELECT 1 FROM leads WHERE id = $1 AND account_id = $2", lead_id, who.account_id
+            )
+            is None
+        ):
+            return _not_found("lead")
+        rows = await conn.fetch(
+            "SELECT id, channel, direction, number_id, agent_id, reason, disposition, duration_s,"
+            " message_id, call_record_id, occurred_at, ended_at FROM timeline_events"
+            " WHERE lead_id = $1 AND account_id = $2 ORDER BY occurred_at DESC, id DESC LIMIT 200",
+            lead_id,
+            who.account_id,
+        )
+    return web.json_response({"lead_id": lead_id, "events": [_record(r) for r in rows]})
+
+
+async def user_notifications(request: web.Request) -> web.Response:
+    """``GET /v1/users/{user_id}/notifications?state=open``: a user's own, or any
+    of the account's users' for owners and admins. One or two indexed reads."""
+    who, user_id = principal(request), path_id(request, "user_id")
+    state = request.query.get("state", "open")
+    if state not in _STATES:
+        raise field_error("state", f"must be one of {', '.join(_STATES)}", status=400)
+    async with request.app[POOL].acquire() as conn:
+        if not await _may_see_user(conn, who, user_id):
+            return _not_found("user")
+        rows = await conn.fetch(
+            "SELECT id, user_id, number_id, channel, caller_e164, source, tag, state, action, lead_id,"
+            " call_record_id, message_id, created_at, closed_at FROM notifications"
+            " WHERE user_id = $1 AND account_id = $2 AND ($3 = 'all' OR state = $3)"
+            " ORDER BY created_at DESC, id DESC LIMIT 200",
+            user_id,
+            who.account_id,
+            state,
+        )
+    return web.json_response({"user_id": user_id, "notifications": [_record(r) for r in rows]})
+
+
+async def notification_action(request: web.Request) -> web.Response:
+    """``POST /v1/notifications/{notification_id}/actions`` with
+    ``{"action": "new_lead", "primary_agent_id"?, "name"?}`` or
+    ``{"action": "associate", "lead_id"}``. Idempotent; one transaction."""
+    who, notification_id = principal(request), path_id(request, "notification_id")
+    body = await json_object(request)
+    action = body.get("action")
+    if action not in ("new_lead", "associate"):
+        raise field_error("action", "must be new_lead or associate")
+    lead_id = optional_id(body, "lead_id")
+    if action == "associate" and lead_id is None:
+        raise field_error("lead_id", "is required to associate")
+    agent_id = optional_id(body, "primary_agent_id")
+    name = optional_text(body, "name", 200)
+    async with request.app[POOL].acquire() as conn:
+        try:
+            outcome = await notifications.act(
+                conn,
+                account_id=who.account_id,
+                notification_id=notification_id,
+                actor_id=who.user_id,
+                actor_may_act_for_others=who.manages,
+                action=action,
+                lead_id=lead_id,
+                primary_agent_id=agent_id,
+                name=name,
+            )
+        except notifications.NotFound as missing:
+            if str(missing) == "notification":
+                return _not_found("notification")
+            raise field_error(str(missing), "names nothing in this account") from None
+        except notifications.Conflict as conflict:
+            return problem(409, "Conflict", str(conflict))
+    status = 201 if outcome.created else 200
+    return web.json_response({"action": action, "lead_id": outcome.lead_id, "state": "closed"}, status=status)
+
+
+async def user_usage(request: web.Request) -> web.Response:
+    """``GET /v1/users/{user_id}/usage?period=YYYY-MM`` (R9): totals per kind
+    against the package's allowance, and the entries. Two indexed reads."""
+    who, user_id = principal(request), path_id(request, "user_id")
+    match = _PERIOD.match(request.query.get("period", ""))
+    if match is None:
+        raise field_error("period", "must be YYYY-MM", status=400)
+    period = date(int(match[1]), int(match[2]), 1)
+    async with request.app[POOL].acquire() as conn:
+        if not await _may_see_user(conn, who, user_id):
+            return _not_found("user")
+        user = await conn.fetchrow(
+            "SELECT package, included_minutes, included_segments FROM users"
+            " WHERE id = $1 AND account_id = $2",
+            user_id,
+            who.account_id,
+        )
+        if user is None:
+            return _not_found("user")
+        rows = await conn.fetch(
+            "SELECT kind, quantity, over_quota, number_id, call_record_id, message_id, created_at"
+            " FROM usage_ledger WHERE user_id = $1 AND account_id = $2 AND period = $3 ORDER BY id",
+            user_id,
+            who.account_id,
+            period,
+        )
+    totals = {"call_minutes": 0, "text_segments": 0}
+    for row in rows:
+        totals[row["kind"]] += row["quantity"]
+    included = {"call_minutes": user["included_minutes"], "text_segments": user["included_segments"]}
+    return web.json_response(
+        {
+            "user_id": user_id,
+            "period": f"{period:%Y-%m}",
+            "package": user["package"],
+            "totals": totals,
+            "included": included,
+            "over_quota": {k: included[k] is not None and totals[k] > included[k] for k in totals},
+            "entries": [_record(r) for r in rows],
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/leads/{lead_id}/timeline", lead_timeline)
+    app.router.add_get("/v1/users/{user_id}/notifications", user_notifications)
+    app.router.add_post("/v1/notifications/{notification_id}/actions", notification_action)
+    app.router.add_get("/v1/users/{user_id}/usage", user_usage)

@@ -1,0 +1,166 @@
+"""What a routed call or text leaves behind in the CRM: timeline records
+(R1-R3), unknown-caller notifications (R8) and usage (R9).
+
+Every write carries an idempotency key derived from the event's own stable key
+(the SIP Call-ID, the provider's message id), so a replay, a retry or a
+redelivery writes nothing twice. Callers run these inside their own
+transaction, beside the message or call record they belong to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from gateway.domain.billing import billing_period, over_quota
+from gateway.domain.index import Number
+from gateway.domain.routing import Channel, Decision
+from gateway.store import Conn
+
+UsageKind = Literal["call_minutes", "text_segments"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvent:
+    """One inbound call or text, as the CRM records it."""
+
+    number: Number
+    channel: Channel
+    caller: str  # E.164
+    event_key: str  # stable and unique: "call:<Call-ID>", "text:<provider>:<id>"
+    occurred_at: datetime
+    agent_id: int | None = None  # who answered the call / got the text
+    ended_at: datetime | None = None
+    duration_s: int | None = None
+    disposition: str | None = None  # calls: answered, no_answer, busy_limit, ...
+    message_id: int | None = None
+    call_record_id: int | None = None
+    direction: Literal["inbound", "outbound"] = "inbound"
+
+
+async def record_timeline(conn: Conn, event: InboundEvent, decision: Decision) -> int:
+    """R1-R3: one record on each lead the decision names (all duplicates when
+    they share the agent, only the newest otherwise). Returns how many were new.
+    One round trip whatever the number of leads."""
+    if not decision.timeline_leads:
+        return 0
+    leads = list(decision.timeline_leads)
+    rows = await conn.fetch(
+        "INSERT INTO timeline_events (account_id, lead_id, number_id, channel, direction, agent_id,"
+        " reason, disposition, duration_s, message_id, call_record_id, occurred_at, ended_at,"
+        " idempotency_key)"
+        " SELECT $1, lead, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 || ':lead:' || lead"
+        " FROM unnest($14::bigint[]) AS lead"
+        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        event.number.account_id,
+        event.number.id,
+        event.channel,
+        event.direction,
+        event.agent_id,
+        decision.reason,
+        event.disposition,
+        event.duration_s,
+        event.message_id,
+        event.call_record_id,
+        event.occurred_at,
+        event.ended_at,
+        event.event_key,
+        leads,
+    )
+    return len(rows)
+
+
+async def raise_unknown_caller_notifications(
+    conn: Conn, event: InboundEvent, decision: Decision
+) -> list[int]:
+    """R8: an unknown caller was not answered; notify each routed user, carrying
+    the number's source and tag as they are now. Returns the new notification ids
+    (none for a known caller, or when already raised). One round trip."""
+    if not decision.unknown_caller or not decision.targets:
+        return []
+    rows = await conn.fetch(
+        "INSERT INTO notifications (account_id, user_id, number_id, channel, event_key, caller_e164,"
+        " source, tag, call_record_id, message_id)"
+        " SELECT $1, u, $2, $3, $4, $5, $6, $7, $8, $9 FROM unnest($10::bigint[]) AS u"
+        " ON CONFLICT (event_key, user_id) DO NOTHING RETURNING id",
+        event.number.account_id,
+        event.number.id,
+        event.channel,
+        event.event_key,
+        event.caller,
+        event.number.source,
+        event.number.tag,
+        event.call_record_id,
+        event.message_id,
+        list(decision.targets),
+    )
+    return [row["id"] for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    quantity: int
+    over_quota: bool
+    recorded: bool  # False when this event was already charged
+
+
+async def record_usage(
+    conn: Conn,
+    *,
+    account_id: int,
+    user_id: int,
+    kind: UsageKind,
+    quantity: int,
+    at: datetime,
+    number_id: int | None,
+    event_key: str,
+    call_record_id: int | None = None,
+    message_id: int | None = None,
+) -> UsageEntry:
+    """R9: charge ``quantity`` to the user (never to the number), flagging usage
+    beyond the package's allowance. Idempotent per (event, user, kind). Two round
+    trips: the allowance and period total, then the insert."""
+    period = billing_period(at)
+    row = await conn.fetchrow(
+        "SELECT CASE WHEN $4 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END"
+        " AS included, COALESCE((SELECT sum(quantity) FROM usage_ledger l"
+        "  WHERE l.user_id = u.id AND l.period = $3 AND l.kind = $4), 0) AS used"
+        " FROM users u WHERE u.id = $1 AND u.account_id = $2",
+        user_id,
+        account_id,
+        period,
+        kind,
+    )
+    if row is None:
+        raise LookupError(f"user {user_id} is not in account {account_id}")
+    flagged = over_quota(int(row["used"]), row["included"], quantity)
+    inserted = await conn.fetchval(
+        "INSERT INTO usage_ledger (account_id, user_id, period, kind, quantity, over_quota, number_id,"
+        " call_record_id, message_id, idempotency_key, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        account_id,
+        user_id,
+        period,
+        kind,
+        quantity,
+        flagged,
+        number_id,
+        call_record_id,
+        message_id,
+        f"{event_key}:usage:{user_id}:{kind}",
+        at,
+    )
+    return UsageEntry(quantity, flagged, inserted is not None)
+
+
+async def next_round_robin_turn(conn: Conn, number_id: int) -> int:
+    """R4: claim the number's next round-robin turn, atomically across every
+    process that routes. One round trip; rotate the targets with the result."""
+    turn: int = await conn.fetchval(
+        "INSERT INTO round_robin_cursors AS c (number_id, turns) VALUES ($1, 1)"
+        " ON CONFLICT (number_id) DO UPDATE SET turns = c.turns + 1 RETURNING c.turns - 1",
+        number_id,
+    )
+    return turn
