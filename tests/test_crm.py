@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from gateway.domain.billing import billable_minutes
 from gateway.domain.index import Index, Number
@@ -22,6 +23,8 @@ from gateway.server import Gateway
 from gateway.store.api_keys import create_key, digest
 from gateway.store.crm import (
     InboundEvent,
+    decide,
+    may_use,
     next_round_robin_turn,
     raise_unknown_caller_notifications,
     record_timeline,
@@ -371,3 +374,25 @@ def test_account_create_cli_prints_a_working_key(db_dsn: str, tmp_path: Path) ->
 
     assert asyncio.run(check()) == "enterprise"
     assert key not in result.stderr
+
+
+async def test_decide_rotates_round_robin_with_the_shared_turn(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    acct, _, second = await setup_number(conn, route_kind="round_robin")
+    number, plain = await routed(gateway, "+15550109999", CALLER)
+    assert plain.targets == (acct.agent_id, second)
+    firsts = [(await decide(conn, gateway.keeper.index, number, CALLER)).targets[0] for _ in range(6)]  # type: ignore[union-attr]
+    assert Counter(firsts) == {acct.agent_id: 3, second: 3}
+    assert firsts[:2] == [acct.agent_id, second]  # alternation, starting from turn 0
+
+
+async def test_may_use_blocks_only_in_block_mode(conn: asyncpg.Connection) -> None:
+    acct = await factories.account(conn)
+    await conn.execute("UPDATE users SET included_segments = 2 WHERE id = $1", acct.agent_id)
+    assert await may_use(conn, acct.id, acct.agent_id, "text_segments", 5, T0)  # mode record
+    await conn.execute("UPDATE accounts SET over_quota = 'block' WHERE id = $1", acct.id)
+    assert await may_use(conn, acct.id, acct.agent_id, "text_segments", 2, T0)
+    assert not await may_use(conn, acct.id, acct.agent_id, "text_segments", 3, T0)
+    with pytest.raises(LookupError):
+        await may_use(conn, acct.id + 1000, acct.agent_id, "text_segments", 1, T0)

@@ -13,6 +13,7 @@ from gateway.domain.billing import (
     billable_minutes,
     billing_period,
     over_quota,
+    quota_allows,
     text_segments,
 )
 from gateway.domain.phone import to_e164
@@ -76,6 +77,13 @@ def test_over_quota() -> None:
     assert not over_quota(used=90, included=100, quantity=10)
     assert over_quota(used=95, included=100, quantity=10)
     assert not over_quota(used=10**9, included=None, quantity=1)  # no allowance set
+
+
+def test_r9_block_mode_refuses_only_what_would_exceed() -> None:
+    assert quota_allows("record", used=100, included=100, quantity=5)  # recorded, not blocked
+    assert quota_allows("block", used=95, included=100, quantity=5)
+    assert not quota_allows("block", used=96, included=100, quantity=5)
+    assert quota_allows("block", used=10**6, included=None, quantity=5)
 
 
 @pytest.mark.parametrize(

@@ -60,4 +60,11 @@ def over_quota(used: int, included: int | None, quantity: int) -> bool:
     return included is not None and used + quantity > included
 
 
+def quota_allows(mode: str, used: int, included: int | None, quantity: int) -> bool:
+    """R9: usage beyond the allowance is recorded, not refused, unless the
+    account's ``over_quota`` mode is ``block``. Outbound sends ask this first;
+    inbound calls and texts are never refused for quota (nothing may be lost)."""
+    return mode != "block" or not over_quota(used, included, quantity)
+
+
 _ONE_MS = datetime(2000, 1, 1, 0, 0, 0, 1000) - datetime(2000, 1, 1)

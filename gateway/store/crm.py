@@ -9,13 +9,13 @@ transaction, beside the message or call record they belong to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from gateway.domain.billing import billing_period, over_quota
-from gateway.domain.index import Number
-from gateway.domain.routing import Channel, Decision
+from gateway.domain.billing import billing_period, over_quota, quota_allows
+from gateway.domain.index import Index, Number
+from gateway.domain.routing import Channel, Decision, rotate, route
 from gateway.store import Conn
 
 UsageKind = Literal["call_minutes", "text_segments"]
@@ -164,3 +164,34 @@ async def next_round_robin_turn(conn: Conn, number_id: int) -> int:
         number_id,
     )
     return turn
+
+
+async def decide(conn: Conn, index: Index, number: Number, caller: str | None) -> Decision:
+    """The routing decision with round-robin applied: pure ``route()``, plus one
+    round trip to claim the number's shared turn when the route rotates."""
+    decision = route(index, number, caller)
+    if decision.strategy == "round_robin" and len(decision.targets) > 1:
+        turn = await next_round_robin_turn(conn, number.id)
+        decision = replace(decision, targets=rotate(decision.targets, turn))
+    return decision
+
+
+async def may_use(
+    conn: Conn, account_id: int, user_id: int, kind: UsageKind, quantity: int, at: datetime
+) -> bool:
+    """R9 for outbound sends: False only when the account blocks over-quota usage
+    and this would exceed the user's allowance for the period. One round trip."""
+    row = await conn.fetchrow(
+        "SELECT a.over_quota AS mode,"
+        " CASE WHEN $3 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END AS included,"
+        " COALESCE((SELECT sum(quantity) FROM usage_ledger l"
+        "  WHERE l.user_id = u.id AND l.period = $4 AND l.kind = $3), 0) AS used"
+        " FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.id = $1 AND u.account_id = $2",
+        user_id,
+        account_id,
+        kind,
+        billing_period(at),
+    )
+    if row is None:
+        raise LookupError(f"user {user_id} is not in account {account_id}")
+    return quota_allows(row["mode"], int(row["used"]), row["included"], quantity)

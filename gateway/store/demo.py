@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from gateway.domain.index import Index
 from gateway.store import Conn
+from gateway.store.api_keys import create_key
 
 DEMO_ACCOUNT = "Demo Realty"
 COMPANY_NUMBER = "+15550100000"
@@ -30,11 +31,22 @@ async def seed(conn: Conn) -> list[str]:
         account_id = await conn.fetchval("SELECT id FROM accounts WHERE name = $1", DEMO_ACCOUNT)
         if account_id is None:
             account_id = await _create(conn)
+        owner_id = await conn.fetchval(
+            "SELECT id FROM users WHERE account_id = $1 AND role = 'owner'", account_id
+        )
+        # A fresh key each start (keys are shown once); the previous demo key stops working.
+        await conn.execute(
+            "UPDATE api_keys SET revoked_at = now()"
+            " WHERE user_id = $1 AND label = 'demo' AND revoked_at IS NULL",
+            owner_id,
+        )
+        key = await create_key(conn, account_id, owner_id, label="demo")
     return [
         f"demo account {DEMO_ACCOUNT!r} (id {account_id}):",
         f"  company number {COMPANY_NUMBER}: unknown callers ring the owner",
         f"  office number  {OFFICE_NUMBER}: unknown callers ring the office agents",
         f"  lead 'Pat Buyer' {LEAD_PHONE}: routes to agent Alex (R1)",
+        f"  owner (user {owner_id}) API key, new each start: {key}",
     ]
 
 
