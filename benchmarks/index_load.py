@@ -16,7 +16,6 @@ p99 propagation <= 50 ms. Run: ``python benchmarks/index_load.py [--phones N]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import os
@@ -33,6 +32,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import percentile as pct
+from benchmarks.common import phones_argument, result_line
 from gateway.domain.index import Index
 from gateway.metrics import Metrics
 from gateway.store.embedded import EmbeddedPostgres
@@ -182,11 +183,6 @@ async def notify_reference_ms(dsn: str) -> list[float]:
     return latencies
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def main(phones: int) -> None:
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         Path(tmp).chmod(0o755)
@@ -238,17 +234,21 @@ async def main(phones: int) -> None:
         finally:
             cluster.stop()
     print(
-        f"result: index_load metric={load_s:.3f} reference={ref_s:.3f} ratio={load_s / ref_s:.2f} "
-        f"phones={total} mem_mb_per_1m={mem_per_1m:.0f} lookups_per_s={ours_lps:.0f} "
-        f"lookup_ratio={ours_lps / ref_lps:.2f} propagation_p50_ms={pct(lat, 0.5):.2f} "
-        f"propagation_p99_ms={pct(lat, 0.99):.2f} notify_ref_p99_ms={pct(ref_lat, 0.99):.2f} "
-        f"propagation_ratio_p99={pct(lat, 0.99) / max(pct(ref_lat, 0.99), 1e-6):.2f}"
+        result_line(
+            "index_load",
+            load_s,
+            ref_s,
+            phones=int(total),
+            mem_mb_per_1m=round(mem_per_1m),
+            lookups_per_s=round(ours_lps),
+            lookup_ratio=ours_lps / ref_lps,
+            propagation_p50_ms=pct(lat, 0.5),
+            propagation_p99_ms=pct(lat, 0.99),
+            notify_ref_p99_ms=pct(ref_lat, 0.99),
+            propagation_ratio_p99=pct(lat, 0.99) / max(pct(ref_lat, 0.99), 1e-6),
+        )
     )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--phones", type=int, default=1_000_000)
-    uvloop.run(main(parser.parse_args().phones))
+    uvloop.run(main(phones_argument(__doc__)))

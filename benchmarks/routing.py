@@ -12,7 +12,6 @@ lookup. Run: ``python benchmarks/routing.py [--phones N]``. Pure CPU; no databas
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import percentile, phones_argument, result_line
 from gateway.domain.index import Index, LeadRef, Number, User, phone_key
 from gateway.domain.routing import route
 
@@ -106,24 +106,23 @@ def main(phones: int) -> None:
         ours.append(t1 - t0)
         reference.append(t2 - t1)
         reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
-    ours.sort()
-    reference.sort()
 
-    def pct(values: list[int], q: float) -> int:
-        return values[min(len(values) - 1, int(q * len(values)))]
-
-    p50, p99, r50, r99 = pct(ours, 0.5), pct(ours, 0.99), pct(reference, 0.5), pct(reference, 0.99)
+    p50, p99 = int(percentile(ours, 0.5)), int(percentile(ours, 0.99))
+    r50, r99 = int(percentile(reference, 0.5)), int(percentile(reference, 0.99))
     print("reasons: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
     print(f"decision: p50 {p50} ns, p99 {p99} ns; bare dict.get: p50 {r50} ns, p99 {r99} ns")
     print(
-        f"result: routing metric={p99} reference={r99} ratio={p99 / r99:.2f} "
-        f"p50_ns={p50} ref_p50_ns={r50} ratio_p50={p50 / r50:.2f} phones={index.size().lead_phones}"
+        result_line(
+            "routing",
+            p99,
+            r99,
+            p50_ns=p50,
+            ref_p50_ns=r50,
+            ratio_p50=p50 / r50,
+            phones=index.size().lead_phones,
+        )
     )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--phones", type=int, default=1_000_000)
-    main(parser.parse_args().phones)
+    main(phones_argument(__doc__))

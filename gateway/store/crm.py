@@ -10,8 +10,8 @@ transaction, beside the message or call record they belong to.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Literal
+from datetime import date, datetime
+from typing import Any, Literal
 
 from gateway.domain.billing import billing_period, over_quota, quota_allows
 from gateway.domain.index import Index, Number
@@ -122,18 +122,7 @@ async def record_usage(
     beyond the package's allowance. Idempotent per (event, user, kind). Two round
     trips: the allowance and period total, then the insert."""
     period = billing_period(at)
-    row = await conn.fetchrow(
-        "SELECT CASE WHEN $4 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END"
-        " AS included, COALESCE((SELECT sum(quantity) FROM usage_ledger l"
-        "  WHERE l.user_id = u.id AND l.period = $3 AND l.kind = $4), 0) AS used"
-        " FROM users u WHERE u.id = $1 AND u.account_id = $2",
-        user_id,
-        account_id,
-        period,
-        kind,
-    )
-    if row is None:
-        raise LookupError(f"user {user_id} is not in account {account_id}")
+    row = await _allowance(conn, account_id, user_id, kind, period)
     flagged = over_quota(int(row["used"]), row["included"], quantity)
     inserted = await conn.fetchval(
         "INSERT INTO usage_ledger (account_id, user_id, period, kind, quantity, over_quota, number_id,"
@@ -181,6 +170,13 @@ async def may_use(
 ) -> bool:
     """R9 for outbound sends: False only when the account blocks over-quota usage
     and this would exceed the user's allowance for the period. One round trip."""
+    row = await _allowance(conn, account_id, user_id, kind, billing_period(at))
+    return quota_allows(row["mode"], int(row["used"]), row["included"], quantity)
+
+
+async def _allowance(conn: Conn, account_id: int, user_id: int, kind: UsageKind, period: date) -> Any:
+    """The user's allowance for ``kind``, their usage so far in ``period`` and the
+    account's over-quota mode. One round trip; LookupError outside the account."""
     row = await conn.fetchrow(
         "SELECT a.over_quota AS mode,"
         " CASE WHEN $3 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END AS included,"
@@ -190,8 +186,8 @@ async def may_use(
         user_id,
         account_id,
         kind,
-        billing_period(at),
+        period,
     )
     if row is None:
         raise LookupError(f"user {user_id} is not in account {account_id}")
-    return quota_allows(row["mode"], int(row["used"]), row["included"], quantity)
+    return row
