@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import asyncpg
@@ -84,3 +85,27 @@ async def test_readyz_is_503_while_the_database_is_down(private_cluster: Embedde
         assert (await get(gw, "/readyz"))[0] == 200
     finally:
         await gw.stop()
+
+
+async def test_openapi_document_is_valid_and_matches_the_routes(gateway: Gateway) -> None:
+    from openapi_spec_validator import validate
+
+    status, content_type, body = await get(gateway, "/openapi.json")
+    assert status == 200 and content_type.startswith("application/json")
+    document = json.loads(body)
+    validate(document)  # raises on an invalid OpenAPI 3.1 document
+    assert document["openapi"].startswith("3.1")
+    documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops}
+    from gateway.http.routes import API
+
+    mounted = {(op.method, op.path) for op in API.operations}
+    assert documented == mounted
+    action = document["paths"]["/v1/notifications/{notification_id}/actions"]["post"]
+    assert action["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "NotificationAction"
+    )
+    assert "422" in action["responses"] and "401" in action["responses"]
+    schema = document["components"]["schemas"]["NotificationAction"]
+    assert schema["properties"]["action"]["enum"] == ["new_lead", "associate"]
+    status, content_type, page = await get(gateway, "/docs")
+    assert status == 200 and content_type.startswith("text/html") and "/v1/users/{user_id}/usage" in page

@@ -8,7 +8,11 @@ from aiohttp import web
 from gateway.http import crm_api, ops
 from gateway.http.auth import POOL, auth_middleware
 from gateway.http.problems import Handler, problem_middleware
+from gateway.http.routes import API
 from gateway.metrics import Metrics
+
+# Imported for their @API.op registrations.
+_REGISTERED = (crm_api, ops)
 
 
 def build_app(
@@ -29,6 +33,5 @@ def build_app(
     app[ops.METRICS] = metrics
     app[ops.READINESS] = readiness
     app[POOL] = pool
-    ops.add_routes(app)
-    crm_api.add_routes(app)
+    API.mount(app)
     return app

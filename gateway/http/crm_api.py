@@ -4,20 +4,19 @@ account's resource answers 404 exactly like a missing one."""
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from typing import Any
 
 from aiohttp import web
 
 from gateway.http.auth import POOL, principal
+from gateway.http.models import NotificationAction, NotificationsQuery, UsageQuery
+from gateway.http.openapi import body, query
 from gateway.http.problems import problem
-from gateway.http.validation import field_error, json_object, optional_id, optional_text, path_id
+from gateway.http.routes import API
+from gateway.http.validation import field_error, path_id
 from gateway.store import Conn, notifications
 from gateway.store.api_keys import Principal
-
-_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-_STATES = ("open", "closed", "all")
 
 
 def _not_found(what: str) -> web.Response:
@@ -41,6 +40,7 @@ def _record(row: Any) -> dict[str, Any]:
     return {key: _iso(value) for key, value in dict(row).items()}
 
 
+@API.op("GET", "/v1/leads/{lead_id}/timeline", "A lead's calls and texts, newest first", errors=(404,))
 async def lead_timeline(request: web.Request) -> web.Response:
     """``GET /v1/leads/{lead_id}/timeline``: newest first, at most 200. Two indexed reads."""
     who, lead_id = principal(request), path_id(request, "lead_id")
@@ -62,13 +62,18 @@ async def lead_timeline(request: web.Request) -> web.Response:
     return web.json_response({"lead_id": lead_id, "events": [_record(r) for r in rows]})
 
 
+@API.op(
+    "GET",
+    "/v1/users/{user_id}/notifications",
+    "A user's R8 notifications",
+    query=NotificationsQuery,
+    errors=(404,),
+)
 async def user_notifications(request: web.Request) -> web.Response:
     """``GET /v1/users/{user_id}/notifications?state=open``: a user's own, or any
     of the account's users' for owners and admins. One or two indexed reads."""
     who, user_id = principal(request), path_id(request, "user_id")
-    state = request.query.get("state", "open")
-    if state not in _STATES:
-        raise field_error("state", f"must be one of {', '.join(_STATES)}", status=400)
+    state = query(request, NotificationsQuery).state
     async with request.app[POOL].acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
             return _not_found("user")
@@ -84,20 +89,22 @@ async def user_notifications(request: web.Request) -> web.Response:
     return web.json_response({"user_id": user_id, "notifications": [_record(r) for r in rows]})
 
 
+@API.op(
+    "POST",
+    "/v1/notifications/{notification_id}/actions",
+    "Settle an R8 notification: new lead or associate",
+    body=NotificationAction,
+    errors=(404, 409),
+)
 async def notification_action(request: web.Request) -> web.Response:
     """``POST /v1/notifications/{notification_id}/actions`` with
     ``{"action": "new_lead", "primary_agent_id"?, "name"?}`` or
     ``{"action": "associate", "lead_id"}``. Idempotent; one transaction."""
     who, notification_id = principal(request), path_id(request, "notification_id")
-    body = await json_object(request)
-    action = body.get("action")
-    if action not in ("new_lead", "associate"):
-        raise field_error("action", "must be new_lead or associate")
-    lead_id = optional_id(body, "lead_id")
+    request_body = await body(request, NotificationAction)
+    action, lead_id = request_body.action, request_body.lead_id
     if action == "associate" and lead_id is None:
         raise field_error("lead_id", "is required to associate")
-    agent_id = optional_id(body, "primary_agent_id")
-    name = optional_text(body, "name", 200)
     async with request.app[POOL].acquire() as conn:
         try:
             outcome = await notifications.act(
@@ -108,8 +115,8 @@ async def notification_action(request: web.Request) -> web.Response:
                 actor_may_act_for_others=who.manages,
                 action=action,
                 lead_id=lead_id,
-                primary_agent_id=agent_id,
-                name=name,
+                primary_agent_id=request_body.primary_agent_id,
+                name=request_body.name,
             )
         except notifications.NotFound as missing:
             if str(missing) == "notification":
@@ -121,14 +128,19 @@ async def notification_action(request: web.Request) -> web.Response:
     return web.json_response({"action": action, "lead_id": outcome.lead_id, "state": "closed"}, status=status)
 
 
+@API.op(
+    "GET",
+    "/v1/users/{user_id}/usage",
+    "R9 usage of a user in a billing month",
+    query=UsageQuery,
+    errors=(404,),
+)
 async def user_usage(request: web.Request) -> web.Response:
     """``GET /v1/users/{user_id}/usage?period=YYYY-MM`` (R9): totals per kind
     against the package's allowance, and the entries. Two indexed reads."""
     who, user_id = principal(request), path_id(request, "user_id")
-    match = _PERIOD.match(request.query.get("period", ""))
-    if match is None:
-        raise field_error("period", "must be YYYY-MM", status=400)
-    period = date(int(match[1]), int(match[2]), 1)
+    year, month = query(request, UsageQuery).period.split("-")
+    period = date(int(year), int(month), 1)
     async with request.app[POOL].acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
             return _not_found("user")
@@ -162,10 +174,3 @@ async def user_usage(request: web.Request) -> web.Response:
             "entries": [_record(r) for r in rows],
         }
     )
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/leads/{lead_id}/timeline", lead_timeline)
-    app.router.add_get("/v1/users/{user_id}/notifications", user_notifications)
-    app.router.add_post("/v1/notifications/{notification_id}/actions", notification_action)
-    app.router.add_get("/v1/users/{user_id}/usage", user_usage)

@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.http.openapi import json_text
 from gateway.http.problems import problem
+from gateway.http.routes import API
 from gateway.metrics import Metrics
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
@@ -16,11 +18,13 @@ METRICS = web.AppKey("metrics", Metrics)
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 
+@API.op("GET", "/healthz", "The process is alive", public=True)
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and its loop answers. Costs nothing."""
     return web.json_response({"status": "ok"})
 
 
+@API.op("GET", "/readyz", "Database reachable and routing index loaded", public=True, errors=(503,))
 async def readyz(request: web.Request) -> web.Response:
     """200 when the database answers and the index is loaded and following
     changes; else 503 with the reason. Costs one ``SELECT 1``."""
@@ -30,6 +34,7 @@ async def readyz(request: web.Request) -> web.Response:
     return problem(503, "Service Unavailable", str(detail.get("reason", "not ready")), **detail)
 
 
+@API.op("GET", "/metrics", "Prometheus exposition", public=True)
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of this gateway's registry."""
     body = generate_latest(request.app[METRICS].registry)
@@ -38,7 +43,17 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+_DOCUMENT: dict[str, str] = {}
+
+
+@API.op("GET", "/openapi.json", "This API as OpenAPI 3.1", public=True)
+async def openapi_json(request: web.Request) -> web.Response:
+    """Generated once from the operations' own models, then served from memory."""
+    if "json" not in _DOCUMENT:
+        _DOCUMENT["json"] = json_text(API.document())
+    return web.Response(text=_DOCUMENT["json"], content_type="application/json")
+
+
+@API.op("GET", "/docs", "Human-readable API documentation", public=True)
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=API.docs_html(), content_type="text/html")
