@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from gateway.http import crm_api, ops
+from gateway.http import crm_api, numbers_api, ops
 from gateway.http.auth import POOL, auth_middleware
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
 from gateway.metrics import Metrics
 
 # Imported for their @API.op registrations.
-_REGISTERED = (crm_api, ops)
+_REGISTERED = (crm_api, numbers_api, ops)
 
 
 def build_app(

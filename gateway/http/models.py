@@ -32,3 +32,29 @@ class NotificationsQuery(BaseModel):
 class UsageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
+
+
+class NumberSettings(Strict):
+    """R4/R12 settings of a number; only the fields sent change."""
+
+    description: str | None = Field(None, max_length=200)
+    unknown_route: Literal["user", "ring_all", "round_robin", "sequential"] | None = None
+    route_user_ids: list[Id] | None = Field(
+        None, max_length=50, description="users the route rings, in order"
+    )
+    unknown_step_timeout_s: int | None = Field(None, ge=1, le=300)
+    source: str | None = Field(None, min_length=1, max_length=200)
+    tag: str | None = Field(None, min_length=1, max_length=200)
+    max_concurrent_calls: int | None = Field(None, ge=1, le=10_000, description="R7; default 50")
+    provider: Literal["twilio", "telnyx", "sip"] | None = None
+
+
+class SendersQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    kind: Literal["manual", "auto"] = "auto"
+    user: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(None, description="defaults to the caller")
+
+
+class TextCode(Strict):
+    keyword: str = Field(pattern=r"^[A-Za-z0-9]{2,20}$")
+    purpose: Literal["campaign", "postcard"] = "campaign"

@@ -118,3 +118,9 @@ async def fetch_user(conn: Conn, user_id: int) -> User | None:
     """One user with their offices, or None if gone. One round trip."""
     row = await conn.fetchrow(_USERS + " WHERE u.id = $1", user_id)
     return None if row is None else user_from_row(row)
+
+
+async def fetch_account_numbers(conn: Conn, account_id: int) -> list[Number]:
+    """Every number of one account, with route targets. One round trip."""
+    rows = await conn.fetch(_NUMBERS + " WHERE n.account_id = $1 ORDER BY n.id", account_id)
+    return [number_from_row(row) for row in rows]

@@ -1,0 +1,177 @@
+"""Number endpoints (issue 4): list, settings (R4, R12), senders (R10), text codes (R14).
+
+Reads come from Postgres, not the routing index, so an answer reflects every
+committed change, even one the index will see a few milliseconds later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway.domain.index import Number
+from gateway.domain.number_policy import may_edit_number_settings, may_use_for_text_codes
+from gateway.domain.outbound import choose_text_sender, may_send_from
+from gateway.http.auth import POOL, principal
+from gateway.http.models import NumberSettings, SendersQuery, TextCode
+from gateway.http.openapi import body, query
+from gateway.http.problems import problem
+from gateway.http.routes import API
+from gateway.http.validation import field_error, path_id
+from gateway.store import Conn
+from gateway.store.index_queries import fetch_account_numbers, fetch_number, fetch_user
+
+
+def number_json(number: Number) -> dict[str, Any]:
+    data = asdict(number)
+    data["route_user_ids"] = list(number.route_user_ids)
+    data["unknown_step_timeout_s"] = data.pop("step_timeout_s")
+    return data
+
+
+async def _number_of_account(conn: Conn, account_id: int, number_id: int) -> Number | None:
+    number = await fetch_number(conn, number_id)
+    return number if number is not None and number.account_id == account_id else None
+
+
+@API.op("GET", "/v1/numbers", "The account's numbers and their settings")
+async def list_numbers(request: web.Request) -> web.Response:
+    """One round trip."""
+    who = principal(request)
+    async with request.app[POOL].acquire() as conn:
+        numbers = await fetch_account_numbers(conn, who.account_id)
+    return web.json_response({"numbers": [number_json(n) for n in numbers]})
+
+
+@API.op("GET", "/v1/numbers/{number_id}", "One number", errors=(404,))
+async def get_number(request: web.Request) -> web.Response:
+    who, number_id = principal(request), path_id(request, "number_id")
+    async with request.app[POOL].acquire() as conn:
+        number = await _number_of_account(conn, who.account_id, number_id)
+    if number is None:
+        return problem(404, "Not Found", "no such number")
+    return web.json_response(number_json(number))
+
+
+@API.op(
+    "PATCH",
+    "/v1/numbers/{number_id}",
+    "Change a number's settings (owner/admin, R12)",
+    body=NumberSettings,
+    errors=(403, 404),
+)
+async def patch_number(request: web.Request) -> web.Response:
+    """One transaction: the row, and the route's users when given."""
+    who, number_id = principal(request), path_id(request, "number_id")
+    settings = await body(request, NumberSettings)
+    refused = may_edit_number_settings(who.role)
+    if refused:
+        return problem(403, "Forbidden", refused)
+    changes = settings.model_dump(exclude_unset=True)
+    route_users = changes.pop("route_user_ids", None)
+    if route_users is not None and len(set(route_users)) != len(route_users):
+        raise field_error("route_user_ids", "lists a user twice")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        number = await _number_of_account(conn, who.account_id, number_id)
+        if number is None:
+            return problem(404, "Not Found", "no such number")
+        route = changes.get("unknown_route", number.unknown_route)
+        users = route_users if route_users is not None else list(number.route_user_ids)
+        if route == "user" and len(users) > 1:
+            raise field_error("route_user_ids", "the user route rings exactly one user")
+        if changes:
+            # Column names are NumberSettings' own fields (unknown keys were refused), never input.
+            assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=3))
+            await conn.execute(
+                f"UPDATE numbers SET {assignments} WHERE id = $1 AND account_id = $2",
+                number_id,
+                who.account_id,
+                *changes.values(),
+            )
+        if route_users is not None:
+            await conn.execute("DELETE FROM number_route_targets WHERE number_id = $1", number_id)
+            try:
+                await conn.executemany(
+                    "INSERT INTO number_route_targets (account_id, number_id, position, user_id)"
+                    " VALUES ($1, $2, $3, $4)",
+                    [(who.account_id, number_id, i, u) for i, u in enumerate(route_users)],
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise field_error("route_user_ids", "names a user who is not in this account") from None
+        updated = await fetch_number(conn, number_id)
+    assert updated is not None
+    return web.json_response(number_json(updated))
+
+
+@API.op(
+    "GET",
+    "/v1/numbers/{number_id}/senders",
+    "Which number R10 sends a user's text from, and why (the function sending uses)",
+    query=SendersQuery,
+    errors=(404,),
+)
+async def senders(request: web.Request) -> web.Response:
+    """``kind=manual``: may the user send from this number? ``kind=auto``: the
+    number an auto text would use. Two round trips."""
+    who, number_id = principal(request), path_id(request, "number_id")
+    asked = query(request, SendersQuery)
+    user_id = asked.user or who.user_id
+    if user_id != who.user_id and not who.manages:
+        return problem(404, "Not Found", "no such user")
+    async with request.app[POOL].acquire() as conn:
+        numbers = await fetch_account_numbers(conn, who.account_id)
+        user = await fetch_user(conn, user_id)
+    this = next((n for n in numbers if n.id == number_id), None)
+    if this is None:
+        return problem(404, "Not Found", "no such number")
+    if user is None or user.account_id != who.account_id:
+        return problem(404, "Not Found", "no such user")
+    chosen = choose_text_sender(user, numbers, asked.kind, requested=this if asked.kind == "manual" else None)
+    return web.json_response(
+        {
+            "user_id": user.id,
+            "kind": asked.kind,
+            "sender": number_json(chosen.number) if chosen.number else None,
+            "why": chosen.why,
+            "this_number_allowed": may_send_from(user, this) is None,
+        }
+    )
+
+
+@API.op(
+    "POST",
+    "/v1/numbers/{number_id}/text-codes",
+    "Attach a campaign keyword or postcard code (personal numbers only, R14)",
+    body=TextCode,
+    ok=201,
+    errors=(403, 404, 409),
+)
+async def create_text_code(request: web.Request) -> web.Response:
+    who, number_id = principal(request), path_id(request, "number_id")
+    code = await body(request, TextCode)
+    async with request.app[POOL].acquire() as conn:
+        number = await _number_of_account(conn, who.account_id, number_id)
+        if number is None:
+            return problem(404, "Not Found", "no such number")
+        refused = may_use_for_text_codes(number)
+        if refused:
+            return problem(409, "Conflict", refused)
+        if number.owner_user_id != who.user_id and not who.manages:
+            return problem(403, "Forbidden", "only the number's owner, an owner or an admin adds text codes")
+        try:
+            code_id = await conn.fetchval(
+                "INSERT INTO text_codes (account_id, number_id, keyword, purpose) VALUES ($1, $2, $3, $4)"
+                " RETURNING id",
+                who.account_id,
+                number_id,
+                code.keyword,
+                code.purpose,
+            )
+        except asyncpg.UniqueViolationError:
+            return problem(409, "Conflict", f"keyword {code.keyword!r} is already on this number")
+    return web.json_response(
+        {"id": code_id, "number_id": number_id, "keyword": code.keyword, "purpose": code.purpose}, status=201
+    )
