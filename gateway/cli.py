@@ -18,9 +18,11 @@ import asyncpg
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.domain.phone import to_e164
 from gateway.store.api_keys import create_account
 from gateway.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from gateway.store.migrations import migrate
+from gateway.store.purchases import add_to_inventory
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -41,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--name", required=True)
     create.add_argument("--plan", choices=["standard", "enterprise"], default="standard")
     create.add_argument("--owner-email", required=True)
+    inventory = commands.add_parser("inventory", help="numbers available to buy").add_subparsers(
+        dest="verb", required=True
+    )
+    add = inventory.add_parser("add", help="add E.164 numbers to the purchase inventory")
+    add.add_argument("numbers", nargs="+", metavar="E164")
+    add.add_argument("--provider", choices=["twilio", "telnyx", "sip"], default="twilio")
     commands.add_parser("check-config", help="validate the configuration and exit")
     args = parser.parse_args(argv)
 
@@ -56,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "migrate":
         return _run(lambda: _with_database(settings, _migrate_only))
+    if args.command == "inventory":
+        return _run(lambda: _with_database(settings, lambda conn: _add_inventory(conn, args)))
     if args.command == "account":
         return _run(lambda: _with_database(settings, lambda conn: _create_account(conn, args)))
     from gateway.server import serve as serve_forever
@@ -114,6 +124,18 @@ async def _create_account(conn: asyncpg.Connection, args: argparse.Namespace) ->
         return EXIT_FAILURE
     print(f"account {account_id} created; owner user {owner_id} <{args.owner_email}>")
     print(f"owner API key (shown once, store it now): {key}")
+    return 0
+
+
+async def _add_inventory(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    await migrate(conn)
+    numbers = [to_e164(raw) for raw in args.numbers]
+    bad = [raw for raw, e164 in zip(args.numbers, numbers, strict=True) if e164 is None]
+    if bad:
+        print(f"gateway: not phone numbers: {', '.join(bad)}", file=sys.stderr)
+        return EXIT_FAILURE
+    added = await add_to_inventory(conn, [n for n in numbers if n], args.provider)
+    print(f"added {added} of {len(numbers)} numbers to the inventory ({args.provider})")
     return 0
 
 

@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.domain.index import Number, User
-from gateway.domain.number_policy import may_buy_number, may_edit_number_settings, may_use_for_text_codes
+from gateway.domain.number_policy import (
+    Refusal,
+    may_buy_number,
+    may_edit_number_settings,
+    may_use_for_text_codes,
+)
 from gateway.domain.outbound import allowed_senders, choose_caller_id, choose_text_sender, may_send_from
 
 ACCOUNT = 1
@@ -161,17 +166,21 @@ def test_r13_buying_numbers() -> None:
     Enterprise package'; 'Only one Company Number can be assigned to each group'."""
     owned = [COMPANY_OF_MY_OFFICE]
     assert may_buy_number("owner", "enterprise", "company", 9, owned) is None
-    assert may_buy_number("admin", "enterprise", "company", 9, owned) == "only the account owner buys numbers"
-    assert (
-        may_buy_number("owner", "standard", "company", 9, owned) == "buying numbers needs the Enterprise plan"
+    assert may_buy_number("admin", "enterprise", "company", 9, owned) == Refusal(
+        "forbidden", "only the account owner buys numbers"
     )
-    assert "already has a company number" in (
-        may_buy_number("owner", "enterprise", "company", 3, owned) or ""
+    assert may_buy_number("owner", "standard", "company", 9, owned) == Refusal(
+        "forbidden", "buying numbers needs the Enterprise plan"
     )
+    duplicate = may_buy_number("owner", "enterprise", "company", 3, owned)
+    assert duplicate is not None and duplicate.kind == "conflict"
+    assert "already has a company number" in duplicate.reason
     # 'An unlimited amount of Company Numbers may be purchased'
     many = [replace(COMPANY, id=i) for i in range(100)]
     assert may_buy_number("owner", "enterprise", "company", None, many) is None
-    assert may_buy_number("owner", "enterprise", "office", None, []) == "an office number needs an office"
+    assert may_buy_number("owner", "enterprise", "office", None, []) == Refusal(
+        "invalid", "an office number needs an office"
+    )
 
 
 def test_r14_no_text_codes_or_postcards_on_shared_numbers() -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
 import asyncpg
 import pytest
 
@@ -138,3 +143,83 @@ async def test_r14_text_codes_only_on_personal_numbers(gateway: Gateway, conn: a
             " SELECT account_id, id, 'RAW' FROM numbers WHERE id = $1",
             company,
         )
+
+
+async def test_r13_purchase_and_release(gateway: Gateway, conn: asyncpg.Connection) -> None:
+    acct, _, apis = await world(gateway, conn)
+    await conn.execute("UPDATE accounts SET plan = 'enterprise' WHERE id = $1", acct.id)
+    second_office = await conn.fetchval(
+        "INSERT INTO offices (account_id, name) VALUES ($1, 'Uptown') RETURNING id", acct.id
+    )
+    from gateway.store.purchases import add_to_inventory
+
+    assert await add_to_inventory(conn, ["+15550130000", "+15550130001", "+15550130002"], "telnyx") == 3
+    order = {"kind": "company", "office_id": second_office, "description": "Uptown line"}
+    status, body = await apis["admin"].call("POST", "/v1/numbers/purchase", json=order)
+    assert status == 403 and body["detail"] == "only the account owner buys numbers"
+    status, body = await apis["owner"].call("POST", "/v1/numbers/purchase", json=order)
+    assert status == 201, body
+    assert (body["kind"], body["office_id"], body["provider"]) == ("company", second_office, "telnyx")
+    assert body["charge"]["amount_cents"] == 2700
+    bought = body["id"]
+    charge = await conn.fetchrow("SELECT amount_cents, ended_at FROM charges WHERE number_id = $1", bought)
+    assert charge["amount_cents"] == 2700 and charge["ended_at"] is None
+    # One company number per office/group.
+    status, body = await apis["owner"].call("POST", "/v1/numbers/purchase", json=order)
+    assert status == 409 and "already has a company number" in body["detail"]
+    # Unlimited account-wide company numbers.
+    assert (await apis["owner"].call("POST", "/v1/numbers/purchase", json={"kind": "company"}))[0] == 201
+    status, body = await apis["owner"].call("POST", "/v1/numbers/purchase", json={"kind": "office"})
+    assert status == 422 and body["errors"][0]["field"] == "office_id"
+    status, body = await apis["owner"].call(
+        "POST", "/v1/numbers/purchase", json={"kind": "company", "office_id": 999999}
+    )
+    assert status == 422 and body["errors"][0]["field"] == "office_id"
+    # Release: the charge ends and the number goes back to inventory.
+    assert (await apis["admin"].call("DELETE", f"/v1/numbers/{bought}"))[0] == 403
+    async with (
+        aiohttp_session(apis["owner"]) as session,
+        session.delete(f"{apis['owner'].base}/v1/numbers/{bought}") as response,
+    ):
+        assert response.status == 204
+    assert await conn.fetchval("SELECT ended_at IS NOT NULL FROM charges WHERE e164 = '+15550130000'")
+    assert await conn.fetchval("SELECT count(*) FROM number_inventory WHERE e164 = '+15550130000'") == 1
+    assert (await apis["owner"].call("GET", f"/v1/numbers/{bought}"))[0] == 404
+    # Inventory exhausted -> a clear 409.
+    assert (await apis["owner"].call("POST", "/v1/numbers/purchase", json={"kind": "company"}))[0] == 201
+    assert (await apis["owner"].call("POST", "/v1/numbers/purchase", json={"kind": "company"}))[0] == 201
+    status, body = await apis["owner"].call("POST", "/v1/numbers/purchase", json={"kind": "company"})
+    assert status == 409 and "inventory" in body["detail"]
+
+
+async def test_r13_standard_plan_cannot_buy(gateway: Gateway, conn: asyncpg.Connection) -> None:
+    acct, _, apis = await world(gateway, conn)
+    await conn.execute("UPDATE accounts SET plan = 'standard' WHERE id = $1", acct.id)
+    status, body = await apis["owner"].call("POST", "/v1/numbers/purchase", json={"kind": "company"})
+    assert status == 403 and "Enterprise" in body["detail"]
+
+
+def aiohttp_session(api: Api) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(headers=api.headers)
+
+
+def test_inventory_add_cli(db_dsn: str, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_DATABASE_URL": db_dsn}
+    run = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "inventory",
+        "add",
+        "+1 555 014 0000",
+        "5550140001",
+        "--provider",
+        "sip",
+    ]
+    result = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "added 2 of 2 numbers to the inventory (sip)"
+    bad = subprocess.run(
+        [*run[:5], "not-a-number"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1 and "not phone numbers: not-a-number" in bad.stderr

@@ -7,6 +7,7 @@ the HTTP layer turns into a 403 or 409 problem document.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 from gateway.domain.index import Number, Role
@@ -21,23 +22,33 @@ def may_edit_number_settings(role: Role) -> str | None:
     return None if role in ("owner", "admin") else "only an owner or admin edits number settings"
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an action is refused, and of which kind: ``forbidden`` (the caller's
+    role or plan, 403), ``conflict`` (the account's state, 409), ``invalid``
+    (the request itself, 422)."""
+
+    kind: Literal["forbidden", "conflict", "invalid"]
+    reason: str
+
+
 def may_buy_number(
     role: Role, plan: Plan, kind: str, office_id: int | None, account_numbers: Iterable[Number]
-) -> str | None:
+) -> Refusal | None:
     """R13: "The Company Owner (no other roles at this point in time) can buy";
     "This feature is only available for the Enterprise package"; "Only one
     Company Number can be assigned to each group"; "An unlimited amount of
     Company Numbers may be purchased"."""
     if role != "owner":
-        return "only the account owner buys numbers"
+        return Refusal("forbidden", "only the account owner buys numbers")
     if plan != "enterprise":
-        return "buying numbers needs the Enterprise plan"
+        return Refusal("forbidden", "buying numbers needs the Enterprise plan")
+    if kind == "office" and office_id is None:
+        return Refusal("invalid", "an office number needs an office")
     if kind == "company" and office_id is not None:
         for number in account_numbers:
             if number.kind == "company" and number.office_id == office_id:
-                return f"office {office_id} already has a company number ({number.e164})"
-    if kind == "office" and office_id is None:
-        return "an office number needs an office"
+                return Refusal("conflict", f"office {office_id} already has a company number ({number.e164})")
     return None
 
 

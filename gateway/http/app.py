@@ -10,6 +10,7 @@ from gateway.http.auth import POOL, auth_middleware
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
 from gateway.metrics import Metrics
+from gateway.store import purchases
 
 # Imported for their @API.op registrations.
 _REGISTERED = (crm_api, numbers_api, ops)
@@ -33,5 +34,6 @@ def build_app(
     app[ops.METRICS] = metrics
     app[ops.READINESS] = readiness
     app[POOL] = pool
+    app[numbers_api.INVENTORY] = purchases.LocalInventory()
     API.mount(app)
     return app

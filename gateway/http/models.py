@@ -58,3 +58,14 @@ class SendersQuery(BaseModel):
 class TextCode(Strict):
     keyword: str = Field(pattern=r"^[A-Za-z0-9]{2,20}$")
     purpose: Literal["campaign", "postcard"] = "campaign"
+
+
+class NumberPurchase(Strict):
+    """R13: buy a number from the provider inventory (owner, Enterprise plan)."""
+
+    kind: Literal["company", "office", "personal"]
+    office_id: Id | None = Field(
+        None, description="company: the group it serves (one each); office: required"
+    )
+    owner_user_id: Id | None = Field(None, description="personal: its owner (upgraded package)")
+    description: str = Field("", max_length=200)

@@ -13,16 +13,23 @@ import asyncpg
 from aiohttp import web
 
 from gateway.domain.index import Number
-from gateway.domain.number_policy import may_edit_number_settings, may_use_for_text_codes
+from gateway.domain.number_policy import (
+    NUMBER_MONTHLY_CENTS,
+    may_buy_number,
+    may_edit_number_settings,
+    may_use_for_text_codes,
+)
 from gateway.domain.outbound import choose_text_sender, may_send_from
 from gateway.http.auth import POOL, principal
-from gateway.http.models import NumberSettings, SendersQuery, TextCode
+from gateway.http.models import NumberPurchase, NumberSettings, SendersQuery, TextCode
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.store import Conn
+from gateway.store import Conn, purchases
 from gateway.store.index_queries import fetch_account_numbers, fetch_number, fetch_user
+
+INVENTORY: web.AppKey[purchases.Inventory] = web.AppKey("inventory")
 
 
 def number_json(number: Number) -> dict[str, Any]:
@@ -175,3 +182,81 @@ async def create_text_code(request: web.Request) -> web.Response:
     return web.json_response(
         {"id": code_id, "number_id": number_id, "keyword": code.keyword, "purpose": code.purpose}, status=201
     )
+
+
+@API.op(
+    "POST",
+    "/v1/numbers/purchase",
+    "Buy a number (owner, Enterprise plan; one company number per office, R13)",
+    body=NumberPurchase,
+    ok=201,
+    errors=(403, 409),
+)
+async def purchase_number(request: web.Request) -> web.Response:
+    """One transaction: inventory claim, number, 2700-cent monthly charge."""
+    who = principal(request)
+    order = await body(request, NumberPurchase)
+    if order.kind == "personal" and order.owner_user_id is None:
+        raise field_error("owner_user_id", "a personal number needs its owner")
+    if order.kind != "personal" and order.owner_user_id is not None:
+        raise field_error("owner_user_id", "only a personal number has an owner")
+    if order.kind == "personal" and order.office_id is not None:
+        raise field_error("office_id", "a personal number belongs to no office")
+    async with request.app[POOL].acquire() as conn:
+        plan = await conn.fetchval("SELECT plan FROM accounts WHERE id = $1", who.account_id)
+        if order.office_id is not None and not await conn.fetchval(
+            "SELECT 1 FROM offices WHERE id = $1 AND account_id = $2", order.office_id, who.account_id
+        ):
+            raise field_error("office_id", "names no office of this account")
+        owned = await fetch_account_numbers(conn, who.account_id)
+        refused = may_buy_number(who.role, plan, order.kind, order.office_id, owned)
+        if refused is not None:
+            if refused.kind == "invalid":
+                raise field_error("office_id", refused.reason)
+            status, title = (403, "Forbidden") if refused.kind == "forbidden" else (409, "Conflict")
+            return problem(status, title, refused.reason)
+        try:
+            bought = await purchases.buy(
+                conn,
+                request.app[INVENTORY],
+                account_id=who.account_id,
+                kind=order.kind,
+                office_id=order.office_id,
+                owner_user_id=order.owner_user_id,
+                description=order.description,
+            )
+        except purchases.InventoryEmpty as empty:
+            return problem(409, "Conflict", str(empty))
+        except asyncpg.ForeignKeyViolationError:
+            raise field_error("owner_user_id", "names no user of this account") from None
+        except asyncpg.CheckViolationError as exc:
+            raise field_error("owner_user_id", str(exc)) from None
+        except asyncpg.UniqueViolationError:  # a concurrent purchase won the office, or the owner has one
+            return problem(409, "Conflict", "that office or user already has such a number")
+        number = await fetch_number(conn, bought.number_id)
+    assert number is not None
+    return web.json_response(
+        {
+            **number_json(number),
+            "charge": {"id": bought.charge_id, "amount_cents": NUMBER_MONTHLY_CENTS, "period": "monthly"},
+        },
+        status=201,
+    )
+
+
+@API.op(
+    "DELETE",
+    "/v1/numbers/{number_id}",
+    "Release a number to inventory and end its charge (owner)",
+    ok=204,
+    errors=(403, 404),
+)
+async def release_number(request: web.Request) -> web.Response:
+    who, number_id = principal(request), path_id(request, "number_id")
+    if who.role != "owner":
+        return problem(403, "Forbidden", "only the account owner releases numbers")
+    async with request.app[POOL].acquire() as conn:
+        released = await purchases.release(conn, request.app[INVENTORY], who.account_id, number_id)
+    if not released:
+        return problem(404, "Not Found", "no such number")
+    return web.Response(status=204)
