@@ -45,6 +45,7 @@ class HttpSettings:
 class SipSettings:
     host: str = "0.0.0.0"  # noqa: S104
     port: int = 5060
+    realm: str = "gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
     if s.shutdown.grace_period_s < 0:
         raise ConfigError("shutdown.grace_period_s", "must be 0 or more")
+    if not s.sip.realm or any(c.isspace() or c in '"\\' for c in s.sip.realm):
+        raise ConfigError("sip.realm", "must be a non-empty token without spaces or quotes")
     if not s.database.embedded_dir:
         raise ConfigError("database.embedded_dir", "must not be empty")
 

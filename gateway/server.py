@@ -72,7 +72,9 @@ class Gateway:
                     print(line, flush=True)
             # Listen only once the demo can be routed.
             await self.keeper.wait_until(demo.routable, limit_s=10)
-        app = build_app(self.metrics, self.readiness, self.settings.http.max_body_bytes, pool)
+        app = build_app(
+            self.metrics, self.readiness, self.settings.http.max_body_bytes, pool, self.settings.sip.realm
+        )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None
         )

@@ -69,3 +69,46 @@ class NumberPurchase(Strict):
     )
     owner_user_id: Id | None = Field(None, description="personal: its owner (upgraded package)")
     description: str = Field("", max_length=200)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Role = Literal["owner", "admin", "agent"]
+PackageName = Literal["none", "standard", "upgraded"]
+Allowance = Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class OfficeIn(Strict):
+    name: Name
+
+
+class UserCreate(Strict):
+    email: str = Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,189}$", max_length=254)
+    name: str = Field("", max_length=200)
+    role: Literal["admin", "agent"] = "agent"
+    package: PackageName = "none"
+    call_destination: str | None = Field(
+        None, max_length=300, description="SIP URI of the phone, or an E.164"
+    )
+    included_minutes: Allowance | None = None
+    included_segments: Allowance | None = None
+    office_ids: list[Id] = Field(default_factory=list, max_length=100)
+
+
+class UserPatch(Strict):
+    """Only the fields sent change; ``null`` clears an optional one."""
+
+    name: str | None = Field(None, max_length=200)
+    role: Literal["admin", "agent"] | None = None
+    package: PackageName | None = None
+    sender_number_id: Id | None = Field(None, description="R10 Sender ID to Display; null clears it")
+    call_destination: str | None = Field(None, max_length=300)
+    included_minutes: Allowance | None = None
+    included_segments: Allowance | None = None
+    sip_username: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{3,64}$")
+    sip_password: str | None = Field(
+        None, min_length=12, max_length=128, description="write-only; stored as HA1"
+    )
+
+
+class KeyCreate(Strict):
+    label: str = Field("", max_length=100)
