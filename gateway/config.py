@@ -39,6 +39,7 @@ class HttpSettings:
     port: int = 8080
     public_base_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = 1_048_576
+    max_import_bytes: int = 67_108_864
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("http.public_base_url", "must be an absolute http(s) URL")
     positive = {
         "http.max_body_bytes": s.http.max_body_bytes,
+        "http.max_import_bytes": s.http.max_import_bytes,
         "database.pool_min_size": s.database.pool_min_size,
         "database.pool_max_size": s.database.pool_max_size,
         "database.connect_timeout_s": s.database.connect_timeout_s,

@@ -73,7 +73,12 @@ class Gateway:
             # Listen only once the demo can be routed.
             await self.keeper.wait_until(demo.routable, limit_s=10)
         app = build_app(
-            self.metrics, self.readiness, self.settings.http.max_body_bytes, pool, self.settings.sip.realm
+            self.metrics,
+            self.readiness,
+            pool,
+            max_body_bytes=self.settings.http.max_body_bytes,
+            max_import_bytes=self.settings.http.max_import_bytes,
+            sip_realm=self.settings.sip.realm,
         )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None

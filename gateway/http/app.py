@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from gateway.http import admin_api, crm_api, numbers_api, ops
+from gateway.http import admin_api, crm_api, leads_api, numbers_api, ops
 from gateway.http.auth import POOL, auth_middleware
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
@@ -13,11 +13,17 @@ from gateway.metrics import Metrics
 from gateway.store import purchases
 
 # Imported for their @API.op registrations.
-_REGISTERED = (admin_api, crm_api, numbers_api, ops)
+_REGISTERED = (admin_api, crm_api, leads_api, numbers_api, ops)
 
 
 def build_app(
-    metrics: Metrics, readiness: ops.Readiness, max_body_bytes: int, pool: asyncpg.Pool, sip_realm: str
+    metrics: Metrics,
+    readiness: ops.Readiness,
+    pool: asyncpg.Pool,
+    *,
+    max_body_bytes: int,
+    max_import_bytes: int,
+    sip_realm: str,
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -35,6 +41,7 @@ def build_app(
     app[ops.READINESS] = readiness
     app[POOL] = pool
     app[admin_api.SIP_REALM] = sip_realm
+    app[leads_api.MAX_IMPORT_BYTES] = max_import_bytes
     app[numbers_api.INVENTORY] = purchases.LocalInventory()
     API.mount(app)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
@@ -112,3 +112,31 @@ class UserPatch(Strict):
 
 class KeyCreate(Strict):
     label: str = Field("", max_length=100)
+
+
+PhoneIn = Annotated[str, Field(min_length=1, max_length=64, description="any format; stored as E.164")]
+TagIn = Annotated[str, Field(min_length=1, max_length=200)]
+# JSON carries times as ISO 8601 strings, so these fields parse (the rest stay strict).
+When = Annotated[AwareDatetime, Field(strict=False)]
+
+
+class LeadIn(Strict):
+    name: str = Field("", max_length=200)
+    primary_agent_id: Id | None = Field(None, description="defaults to the caller")
+    source: Name
+    phones: list[PhoneIn] = Field(min_length=1, max_length=20)
+    tags: list[TagIn] = Field(default_factory=list, max_length=100)
+    created_at: When | None = None
+
+
+class LeadPatch(Strict):
+    name: str | None = Field(None, max_length=200)
+    primary_agent_id: Id | None = None
+    source: Name | None = None
+    phones: list[PhoneIn] | None = Field(None, min_length=1, max_length=20, description="replaces all phones")
+    tags: list[TagIn] | None = Field(None, max_length=100, description="replaces all tags")
+
+
+class LeadSearch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    phone: str = Field(min_length=1, max_length=64)

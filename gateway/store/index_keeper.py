@@ -33,6 +33,7 @@ from gateway.store.index_queries import fetch_number, fetch_user, load_snapshot
 log = logging.getLogger(__name__)
 
 CHANNEL = "gateway_index"
+RELOAD_EVENT = '{"t":"reload"}'  # sent by bulk writers instead of one event per row
 PING_INTERVAL_S = 5.0
 _CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
@@ -200,7 +201,19 @@ class IndexKeeper:
             batch = [first]
             while not self._events.empty():
                 batch.append(self._events.get_nowait())
+            # A reload supersedes everything queued before it: start from the last one.
+            last_reload = max((i for i, p in enumerate(batch) if p == RELOAD_EVENT), default=None)
             async with self._lock:
+                if last_reload is not None:
+                    conn = self._conn
+                    try:
+                        if conn is None:
+                            raise ConnectionError("index listener is not connected")
+                        await self._load(conn)
+                    except _CONNECTION_ERRORS as exc:
+                        log.warning("requested index reload failed (%s); reconnect will reload", exc)
+                        self._lost.set()
+                    batch = batch[last_reload + 1 :]
                 for payload in batch:
                     try:
                         await self._apply(json.loads(payload))
@@ -210,7 +223,7 @@ class IndexKeeper:
                         self._lost.set()
                     except (ValueError, KeyError, TypeError):
                         log.exception("malformed index event %r", payload[:200])
-                self.applied += len(batch)
+                self.applied += len(batch) + (last_reload is not None)
             self._publish_size()
             await self._notify_changed()
 
