@@ -36,6 +36,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/index_load.py
 	$(BIN)/python benchmarks/routing.py
+	$(BIN)/python benchmarks/lead_import.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

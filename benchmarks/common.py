@@ -20,9 +20,9 @@ def result_line(name: str, metric: float, reference: float, **more: float | int)
     return f"result: {name} metric={_fmt(metric)} reference={_fmt(reference)} ratio={ratio:.2f}{extra}"
 
 
-def phones_argument(doc: str | None) -> int:
+def phones_argument(doc: str | None, default: int = 1_000_000) -> int:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phones", type=int, default=1_000_000, help="lead phones to index")
+    parser.add_argument("--phones", type=int, default=default, help="how many (phones, or leads)")
     phones: int = parser.parse_args().phones
     return phones
 
