@@ -77,6 +77,18 @@ def _serve_and_stop(tmp_path: Path) -> None:
             assert response.status == 200
             assert b'"index_numbers": 2' in response.read()  # the demo account's numbers
         assert time.monotonic() - started < 30
+        # A CLI command beside the live server uses its cluster and must leave it running.
+        side = subprocess.run(
+            [sys.executable, "-m", "gateway", "migrate"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert side.returncode == 0, side.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            assert response.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -223,3 +223,27 @@ def test_inventory_add_cli(db_dsn: str, tmp_path: Path) -> None:
         [*run[:5], "not-a-number"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 1 and "not phone numbers: not-a-number" in bad.stderr
+
+
+async def test_another_accounts_numbers_are_404_for_every_operation(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    _, numbers, _ = await world(gateway, conn)
+    stranger = await factories.account(conn)
+    outsider = Api(gateway, await create_key(conn, stranger.id, stranger.owner_id))
+    for kind, number_id in numbers.items():
+        for method, path, payload in [
+            ("GET", f"/v1/numbers/{number_id}", None),
+            ("PATCH", f"/v1/numbers/{number_id}", {"tag": "x"}),
+            ("GET", f"/v1/numbers/{number_id}/senders", None),
+            ("POST", f"/v1/numbers/{number_id}/text-codes", {"keyword": "MINE"}),
+            ("DELETE", f"/v1/numbers/{number_id}", None),
+        ]:
+            status, _ = await outsider.call(method, path, **({"json": payload} if payload else {}))
+            assert status == 404, (kind, method, path, status)
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM numbers WHERE id = ANY($1::bigint[])", list(numbers.values())
+        )
+        == 3
+    )

@@ -93,9 +93,6 @@ async def patch_lead(request: web.Request) -> web.Response:
     new_phones, new_tags = changes.pop("phones", None), changes.pop("tags", None)
     phones = _phones(new_phones) if new_phones is not None else None
     tags = tuple(dict.fromkeys(new_tags)) if new_tags is not None else None
-    for column in ("source", "primary_agent_id"):
-        if column in changes and changes[column] is None:
-            raise field_error(column, "cannot be null: a lead keeps exactly one")
     async with request.app[POOL].acquire() as conn:
         current = await leads.get_lead(conn, who.account_id, lead_id)
         if current is None:

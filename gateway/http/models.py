@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+def not_null(*names: str) -> Any:
+    """For PATCH models: these fields may be left out, but an explicit null is an
+    error naming the field (their columns are NOT NULL)."""
+
+    def refuse_null(cls: type[BaseModel], value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
+
+    return field_validator(*names, mode="before")(classmethod(refuse_null))
 
 
 class Strict(BaseModel):
@@ -31,7 +43,7 @@ class NotificationsQuery(BaseModel):
 
 class UsageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
+    period: str = Field(pattern=r"^2[01][0-9]{2}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
 
 
 class NumberSettings(Strict):
@@ -47,6 +59,15 @@ class NumberSettings(Strict):
     tag: str | None = Field(None, min_length=1, max_length=200)
     max_concurrent_calls: int | None = Field(None, ge=1, le=10_000, description="R7; default 50")
     provider: Literal["twilio", "telnyx", "sip"] | None = None
+
+    _not_null = not_null(
+        "description",
+        "unknown_route",
+        "route_user_ids",
+        "unknown_step_timeout_s",
+        "max_concurrent_calls",
+        "provider",
+    )
 
 
 class SendersQuery(BaseModel):
@@ -109,6 +130,8 @@ class UserPatch(Strict):
         None, min_length=12, max_length=128, description="write-only; stored as HA1"
     )
 
+    _not_null = not_null("name", "role", "package", "sip_password")
+
 
 class KeyCreate(Strict):
     label: str = Field("", max_length=100)
@@ -135,6 +158,9 @@ class LeadPatch(Strict):
     source: Name | None = None
     phones: list[PhoneIn] | None = Field(None, min_length=1, max_length=20, description="replaces all phones")
     tags: list[TagIn] | None = Field(None, max_length=100, description="replaces all tags")
+
+    # A lead keeps exactly one source and one primary agent.
+    _not_null = not_null("name", "primary_agent_id", "source", "phones", "tags")
 
 
 class LeadSearch(BaseModel):

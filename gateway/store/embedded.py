@@ -79,19 +79,22 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise the cluster if needed, start it unless already running, and
-        return its DSN. A cluster left running by a crashed gateway is adopted."""
+        return its DSN. A cluster already running (another gateway's, or one left
+        by a crash) is used but not stopped by :meth:`stop`."""
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         if self._running():
-            log.info("embedded postgres already running in %s: adopting it", self.data_dir)
+            # Another gateway (or one that crashed) runs it: use it, never stop it.
+            log.info("embedded postgres already running in %s: using it, leaving it running", self.data_dir)
         else:
             self._start_server()
-        self._we_started = True
+            self._we_started = True
         self._ensure_database()
         return self.dsn
 
     def stop(self) -> None:
-        """Fast shutdown (active sessions are disconnected); waits until it is down."""
+        """Fast shutdown of a cluster this object started (active sessions are
+        disconnected); waits until it is down. A cluster it found running is left."""
         if not self._we_started:
             return
         self._pg_ctl("stop", "-m", "fast", "-w", check=False)
