@@ -17,6 +17,7 @@ from gateway.http.auth import POOL, principal
 from gateway.http.models import KeyCreate, OfficeIn, UserCreate, UserPatch
 from gateway.http.openapi import body
 from gateway.http.problems import problem
+from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
 from gateway.store import Conn
@@ -33,20 +34,8 @@ _USER_COLUMNS = (
 )
 
 
-def _json(row: Any) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(row).items()}
-
-
-def _forbidden(reason: str) -> web.Response:
-    return problem(403, "Forbidden", reason)
-
-
-def _not_found(what: str) -> web.Response:
-    return problem(404, "Not Found", f"no such {what}")
-
-
 def _manager_only(who: Principal) -> web.Response | None:
-    return None if who.manages else _forbidden("only an owner or admin does this")
+    return None if who.manages else forbidden("only an owner or admin does this")
 
 
 async def _user_row(conn: Conn, account_id: int, user_id: int) -> Any:
@@ -70,7 +59,7 @@ async def list_offices(request: web.Request) -> web.Response:
             " FROM offices f WHERE f.account_id = $1 ORDER BY f.id",
             who.account_id,
         )
-    return web.json_response({"offices": [_json(r) for r in rows]})
+    return web.json_response({"offices": [json_row(r) for r in rows]})
 
 
 @API.op("POST", "/v1/offices", "Create an office (owner/admin)", body=OfficeIn, ok=201, errors=(403, 409))
@@ -88,7 +77,7 @@ async def create_office(request: web.Request) -> web.Response:
             )
         except asyncpg.UniqueViolationError:
             return problem(409, "Conflict", f"an office named {office.name!r} exists")
-    return web.json_response({**_json(row), "member_ids": []}, status=201)
+    return web.json_response({**json_row(row), "member_ids": []}, status=201)
 
 
 @API.op(
@@ -114,7 +103,7 @@ async def rename_office(request: web.Request) -> web.Response:
             )
         except asyncpg.UniqueViolationError:
             return problem(409, "Conflict", f"an office named {office.name!r} exists")
-    return _not_found("office") if row is None else web.json_response(_json(row))
+    return not_found("office") if row is None else web.json_response(json_row(row))
 
 
 @API.op("DELETE", "/v1/offices/{office_id}", "Delete an office (owner/admin)", ok=204, errors=(403, 404, 409))
@@ -129,7 +118,7 @@ async def delete_office(request: web.Request) -> web.Response:
             )
         except asyncpg.ForeignKeyViolationError:
             return problem(409, "Conflict", "the office still has a number: release or move it first")
-    return _not_found("office") if status == "DELETE 0" else web.Response(status=204)
+    return not_found("office") if status == "DELETE 0" else web.Response(status=204)
 
 
 @API.op(
@@ -154,7 +143,7 @@ async def add_member(request: web.Request) -> web.Response:
                 office_id,
             )
         except asyncpg.ForeignKeyViolationError:
-            return _not_found("office or user")
+            return not_found("office or user")
     return web.Response(status=204)
 
 
@@ -177,7 +166,7 @@ async def remove_member(request: web.Request) -> web.Response:
             user_id,
             who.account_id,
         )
-    return _not_found("membership") if status == "DELETE 0" else web.Response(status=204)
+    return not_found("membership") if status == "DELETE 0" else web.Response(status=204)
 
 
 # -- users ---------------------------------------------------------------------
@@ -201,7 +190,7 @@ async def list_users(request: web.Request) -> web.Response:
             f"SELECT {_USER_COLUMNS} FROM users u WHERE u.account_id = $1 ORDER BY u.id",
             who.account_id,
         )
-    return web.json_response({"users": [_json(r) for r in rows]})
+    return web.json_response({"users": [json_row(r) for r in rows]})
 
 
 @API.op("GET", "/v1/users/{user_id}", "One user", errors=(404,))
@@ -209,7 +198,7 @@ async def get_user(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
     async with request.app[POOL].acquire() as conn:
         row = await _user_row(conn, who.account_id, user_id)
-    return _not_found("user") if row is None else web.json_response(_json(row))
+    return not_found("user") if row is None else web.json_response(json_row(row))
 
 
 @API.op(
@@ -224,7 +213,7 @@ async def create_user(request: web.Request) -> web.Response:
     who = principal(request)
     new = await body(request, UserCreate)
     if refused := _manager_only(who) or (
-        _forbidden(reason) if (reason := may_grant_role(who.role, new.role)) else None
+        forbidden(reason) if (reason := may_grant_role(who.role, new.role)) else None
     ):
         return refused
     destination = _destination(new.call_destination)
@@ -253,7 +242,7 @@ async def create_user(request: web.Request) -> web.Response:
         except asyncpg.ForeignKeyViolationError:
             raise field_error("office_ids", "names an office that is not in this account") from None
         row = await _user_row(conn, who.account_id, user_id)
-    return web.json_response(_json(row), status=201)
+    return web.json_response(json_row(row), status=201)
 
 
 @API.op(
@@ -270,14 +259,14 @@ async def patch_user(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         current = await _user_row(conn, who.account_id, user_id)
         if current is None:
-            return _not_found("user")
+            return not_found("user")
         reason = (
             may_manage_user(who.user_id, who.role, user_id, current["role"])
             or may_change_fields(who.user_id, who.role, user_id, set(changes))
             or (may_grant_role(who.role, changes["role"]) if changes.get("role") else None)
         )
         if reason:
-            return _forbidden(reason)
+            return forbidden(reason)
         if "call_destination" in changes:
             changes["call_destination"] = _destination(changes["call_destination"])
         await _sip_credentials(changes, current["sip_username"], request.app[SIP_REALM])
@@ -301,7 +290,7 @@ async def patch_user(request: web.Request) -> web.Response:
                 *changes.values(),
             )
         row = await _user_row(conn, who.account_id, user_id)
-    return web.json_response(_json(row))
+    return web.json_response(json_row(row))
 
 
 async def _sip_credentials(changes: dict[str, Any], current_username: str | None, realm: str) -> None:
@@ -350,13 +339,13 @@ async def _check_sender(conn: Conn, account_id: int, current: Any, package: str,
 async def delete_user(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
     if user_id == who.user_id:
-        return _forbidden("nobody deletes themselves")
+        return forbidden("nobody deletes themselves")
     async with request.app[POOL].acquire() as conn:
         current = await _user_row(conn, who.account_id, user_id)
         if current is None:
-            return _not_found("user")
+            return not_found("user")
         if reason := may_manage_user(who.user_id, who.role, user_id, current["role"]):
-            return _forbidden(reason)
+            return forbidden(reason)
         try:
             await conn.execute("DELETE FROM users WHERE id = $1 AND account_id = $2", user_id, who.account_id)
         except asyncpg.ForeignKeyViolationError:
@@ -378,9 +367,9 @@ async def _may_handle_keys_of(conn: Conn, who: Principal, user_id: int) -> web.R
         "SELECT role FROM users WHERE id = $1 AND account_id = $2", user_id, who.account_id
     )
     if target is None:
-        return _not_found("user")
+        return not_found("user")
     reason = may_manage_user(who.user_id, who.role, user_id, target)
-    return _forbidden(reason) if reason else None
+    return forbidden(reason) if reason else None
 
 
 @API.op(
@@ -416,7 +405,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
             user_id,
             who.account_id,
         )
-    return web.json_response({"api_keys": [_json(r) for r in rows]})
+    return web.json_response({"api_keys": [json_row(r) for r in rows]})
 
 
 @API.op("DELETE", "/v1/api-keys/{key_id}", "Revoke an API key", ok=204, errors=(403, 404))
@@ -427,7 +416,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
             "SELECT user_id FROM api_keys WHERE id = $1 AND account_id = $2", key_id, who.account_id
         )
         if owner is None:
-            return _not_found("API key")
+            return not_found("API key")
         if refused := await _may_handle_keys_of(conn, who, owner):
             return refused
         await conn.execute(

@@ -5,7 +5,6 @@ account's resource answers 404 exactly like a missing one."""
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
 
 from aiohttp import web
 
@@ -13,14 +12,11 @@ from gateway.http.auth import POOL, principal
 from gateway.http.models import NotificationAction, NotificationsQuery, UsageQuery
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
+from gateway.http.responses import json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
 from gateway.store import Conn, notifications
 from gateway.store.api_keys import Principal
-
-
-def _not_found(what: str) -> web.Response:
-    return problem(404, "Not Found", f"no such {what}")
 
 
 async def _may_see_user(conn: Conn, who: Principal, user_id: int) -> bool:
@@ -30,14 +26,6 @@ async def _may_see_user(conn: Conn, who: Principal, user_id: int) -> bool:
     return who.manages and bool(
         await conn.fetchval("SELECT 1 FROM users WHERE id = $1 AND account_id = $2", user_id, who.account_id)
     )
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
-def _record(row: Any) -> dict[str, Any]:
-    return {key: _iso(value) for key, value in dict(row).items()}
 
 
 @API.op("GET", "/v1/leads/{lead_id}/timeline", "A lead's calls and texts, newest first", errors=(404,))
@@ -51,7 +39,7 @@ async def lead_timeline(request: web.Request) -> web.Response:
             )
             is None
         ):
-            return _not_found("lead")
+            return not_found("lead")
         rows = await conn.fetch(
             "SELECT id, channel, direction, number_id, agent_id, reason, disposition, duration_s,"
             " message_id, call_record_id, occurred_at, ended_at FROM timeline_events"
@@ -59,7 +47,7 @@ async def lead_timeline(request: web.Request) -> web.Response:
             lead_id,
             who.account_id,
         )
-    return web.json_response({"lead_id": lead_id, "events": [_record(r) for r in rows]})
+    return web.json_response({"lead_id": lead_id, "events": [json_row(r) for r in rows]})
 
 
 @API.op(
@@ -76,7 +64,7 @@ async def user_notifications(request: web.Request) -> web.Response:
     state = query(request, NotificationsQuery).state
     async with request.app[POOL].acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
-            return _not_found("user")
+            return not_found("user")
         rows = await conn.fetch(
             "SELECT id, user_id, number_id, channel, caller_e164, source, tag, state, action, lead_id,"
             " call_record_id, message_id, created_at, closed_at FROM notifications"
@@ -86,7 +74,7 @@ async def user_notifications(request: web.Request) -> web.Response:
             who.account_id,
             state,
         )
-    return web.json_response({"user_id": user_id, "notifications": [_record(r) for r in rows]})
+    return web.json_response({"user_id": user_id, "notifications": [json_row(r) for r in rows]})
 
 
 @API.op(
@@ -120,7 +108,7 @@ async def notification_action(request: web.Request) -> web.Response:
             )
         except notifications.NotFound as missing:
             if str(missing) == "notification":
-                return _not_found("notification")
+                return not_found("notification")
             raise field_error(str(missing), "names nothing in this account") from None
         except notifications.Conflict as conflict:
             return problem(409, "Conflict", str(conflict))
@@ -143,7 +131,7 @@ async def user_usage(request: web.Request) -> web.Response:
     period = date(int(year), int(month), 1)
     async with request.app[POOL].acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
-            return _not_found("user")
+            return not_found("user")
         user = await conn.fetchrow(
             "SELECT package, included_minutes, included_segments FROM users"
             " WHERE id = $1 AND account_id = $2",
@@ -151,7 +139,7 @@ async def user_usage(request: web.Request) -> web.Response:
             who.account_id,
         )
         if user is None:
-            return _not_found("user")
+            return not_found("user")
         rows = await conn.fetch(
             "SELECT kind, quantity, over_quota, number_id, call_record_id, message_id, created_at"
             " FROM usage_ledger WHERE user_id = $1 AND account_id = $2 AND period = $3 ORDER BY id",
@@ -171,6 +159,6 @@ async def user_usage(request: web.Request) -> web.Response:
             "totals": totals,
             "included": included,
             "over_quota": {k: included[k] is not None and totals[k] > included[k] for k in totals},
-            "entries": [_record(r) for r in rows],
+            "entries": [json_row(r) for r in rows],
         }
     )

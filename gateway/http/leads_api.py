@@ -15,6 +15,7 @@ from gateway.http.auth import POOL, principal
 from gateway.http.models import LeadIn, LeadPatch, LeadSearch
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
+from gateway.http.responses import forbidden, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
 from gateway.store import leads
@@ -36,7 +37,7 @@ def _phones(raw: list[str]) -> tuple[str, ...]:
 
 def _agent_refusal(who: Principal, agent_id: int) -> web.Response | None:
     if agent_id != who.user_id and not who.manages:
-        return problem(403, "Forbidden", "agents own only leads whose primary agent they are")
+        return forbidden("agents own only leads whose primary agent they are")
     return None
 
 
@@ -76,7 +77,7 @@ async def get_lead(request: web.Request) -> web.Response:
     who, lead_id = principal(request), path_id(request, "lead_id")
     async with request.app[POOL].acquire() as conn:
         lead = await leads.get_lead(conn, who.account_id, lead_id)
-    return problem(404, "Not Found", "no such lead") if lead is None else web.json_response(lead)
+    return not_found("lead") if lead is None else web.json_response(lead)
 
 
 @API.op(
@@ -96,7 +97,7 @@ async def patch_lead(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         current = await leads.get_lead(conn, who.account_id, lead_id)
         if current is None:
-            return problem(404, "Not Found", "no such lead")
+            return not_found("lead")
         if refused := _agent_refusal(who, current["primary_agent_id"]) or _agent_refusal(
             who, changes.get("primary_agent_id", current["primary_agent_id"])
         ):
@@ -113,10 +114,10 @@ async def patch_lead(request: web.Request) -> web.Response:
 async def delete_lead(request: web.Request) -> web.Response:
     who, lead_id = principal(request), path_id(request, "lead_id")
     if not who.manages:
-        return problem(403, "Forbidden", "only an owner or admin deletes leads")
+        return forbidden("only an owner or admin deletes leads")
     async with request.app[POOL].acquire() as conn:
         deleted = await leads.delete_lead(conn, who.account_id, lead_id)
-    return web.Response(status=204) if deleted else problem(404, "Not Found", "no such lead")
+    return web.Response(status=204) if deleted else not_found("lead")
 
 
 @API.op(
@@ -131,7 +132,7 @@ async def import_leads(request: web.Request) -> web.Response:
     writes them all with COPY in one transaction, or nothing with a per-row report."""
     who = principal(request)
     if not who.manages:
-        return problem(403, "Forbidden", "only an owner or admin imports leads")
+        return forbidden("only an owner or admin imports leads")
     limit = request.app[MAX_IMPORT_BYTES]
     if request.content_length is not None and request.content_length > limit:
         return problem(413, "Payload Too Large", f"imports are limited to {limit} bytes")

@@ -24,6 +24,7 @@ from gateway.http.auth import POOL, principal
 from gateway.http.models import NumberPurchase, NumberSettings, SendersQuery, TextCode
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
+from gateway.http.responses import forbidden, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
 from gateway.store import Conn, purchases
@@ -59,7 +60,7 @@ async def get_number(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         number = await _number_of_account(conn, who.account_id, number_id)
     if number is None:
-        return problem(404, "Not Found", "no such number")
+        return not_found("number")
     return web.json_response(number_json(number))
 
 
@@ -76,7 +77,7 @@ async def patch_number(request: web.Request) -> web.Response:
     settings = await body(request, NumberSettings)
     refused = may_edit_number_settings(who.role)
     if refused:
-        return problem(403, "Forbidden", refused)
+        return forbidden(refused)
     changes = settings.model_dump(exclude_unset=True)
     route_users = changes.pop("route_user_ids", None)
     if route_users is not None and len(set(route_users)) != len(route_users):
@@ -84,7 +85,7 @@ async def patch_number(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         number = await _number_of_account(conn, who.account_id, number_id)
         if number is None:
-            return problem(404, "Not Found", "no such number")
+            return not_found("number")
         route = changes.get("unknown_route", number.unknown_route)
         users = route_users if route_users is not None else list(number.route_user_ids)
         if route == "user" and len(users) > 1:
@@ -127,15 +128,15 @@ async def senders(request: web.Request) -> web.Response:
     asked = query(request, SendersQuery)
     user_id = asked.user or who.user_id
     if user_id != who.user_id and not who.manages:
-        return problem(404, "Not Found", "no such user")
+        return not_found("user")
     async with request.app[POOL].acquire() as conn:
         numbers = await fetch_account_numbers(conn, who.account_id)
         user = await fetch_user(conn, user_id)
     this = next((n for n in numbers if n.id == number_id), None)
     if this is None:
-        return problem(404, "Not Found", "no such number")
+        return not_found("number")
     if user is None or user.account_id != who.account_id:
-        return problem(404, "Not Found", "no such user")
+        return not_found("user")
     chosen = choose_text_sender(user, numbers, asked.kind, requested=this if asked.kind == "manual" else None)
     return web.json_response(
         {
@@ -162,12 +163,12 @@ async def create_text_code(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         number = await _number_of_account(conn, who.account_id, number_id)
         if number is None:
-            return problem(404, "Not Found", "no such number")
+            return not_found("number")
         refused = may_use_for_text_codes(number)
         if refused:
             return problem(409, "Conflict", refused)
         if number.owner_user_id != who.user_id and not who.manages:
-            return problem(403, "Forbidden", "only the number's owner, an owner or an admin adds text codes")
+            return forbidden("only the number's owner, an owner or an admin adds text codes")
         try:
             code_id = await conn.fetchval(
                 "INSERT INTO text_codes (account_id, number_id, keyword, purpose) VALUES ($1, $2, $3, $4)"
@@ -254,9 +255,9 @@ async def purchase_number(request: web.Request) -> web.Response:
 async def release_number(request: web.Request) -> web.Response:
     who, number_id = principal(request), path_id(request, "number_id")
     if who.role != "owner":
-        return problem(403, "Forbidden", "only the account owner releases numbers")
+        return forbidden("only the account owner releases numbers")
     async with request.app[POOL].acquire() as conn:
         released = await purchases.release(conn, request.app[INVENTORY], who.account_id, number_id)
     if not released:
-        return problem(404, "Not Found", "no such number")
+        return not_found("number")
     return web.Response(status=204)
