@@ -20,7 +20,7 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.store import Conn
+from gateway.store import Conn, update_columns
 from gateway.store.api_keys import Principal, create_key
 from gateway.store.index_queries import fetch_account_numbers
 
@@ -280,15 +280,7 @@ async def patch_user(request: web.Request) -> web.Response:
         sender = changes.get("sender_number_id", current["sender_number_id"])
         if changes.get("sender_number_id") is not None or ("package" in changes and sender is not None):
             await _check_sender(conn, who.account_id, current, package, sender)
-        if changes:
-            columns = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=3))
-            # Column names are UserPatch's own fields (unknown keys were refused), never input.
-            await conn.execute(
-                f"UPDATE users SET {columns} WHERE id = $1 AND account_id = $2",
-                user_id,
-                who.account_id,
-                *changes.values(),
-            )
+        await update_columns(conn, "users", user_id, who.account_id, changes)
         row = await _user_row(conn, who.account_id, user_id)
     return web.json_response(json_row(row))
 

@@ -27,7 +27,7 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.store import Conn, purchases
+from gateway.store import Conn, purchases, update_columns
 from gateway.store.index_queries import fetch_account_numbers, fetch_number, fetch_user
 
 INVENTORY: web.AppKey[purchases.Inventory] = web.AppKey("inventory")
@@ -90,15 +90,7 @@ async def patch_number(request: web.Request) -> web.Response:
         users = route_users if route_users is not None else list(number.route_user_ids)
         if route == "user" and len(users) > 1:
             raise field_error("route_user_ids", "the user route rings exactly one user")
-        if changes:
-            # Column names are NumberSettings' own fields (unknown keys were refused), never input.
-            assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=3))
-            await conn.execute(
-                f"UPDATE numbers SET {assignments} WHERE id = $1 AND account_id = $2",
-                number_id,
-                who.account_id,
-                *changes.values(),
-            )
+        await update_columns(conn, "numbers", number_id, who.account_id, changes)
         if route_users is not None:
             await conn.execute("DELETE FROM number_route_targets WHERE number_id = $1", number_id)
             try:

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 # A connection, whether taken from the pool or opened on its own.
 Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+
+async def update_columns(
+    conn: Conn,
+    table: Literal["numbers", "users", "leads"],
+    row_id: int,
+    account_id: int,
+    changes: dict[str, Any],
+) -> None:
+    """``UPDATE table SET <changes> WHERE id AND account_id``: one statement.
+    Column names must be a validated model's own field names (unknown keys are
+    refused before this), never raw input; the values are bound parameters."""
+    if not changes:
+        return
+    assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=3))
+    await conn.execute(
+        f"UPDATE {table} SET {assignments} WHERE id = $1 AND account_id = $2",
+        row_id,
+        account_id,
+        *changes.values(),
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.store import Conn
+from gateway.store import Conn, update_columns
 from gateway.store.index_keeper import CHANNEL, RELOAD_EVENT
 
 
@@ -77,15 +77,7 @@ async def update_lead(
         )
         if not exists:
             return False
-        if changes:
-            # Column names are the validated model's own fields, never input.
-            columns = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=3))
-            await conn.execute(
-                f"UPDATE leads SET {columns} WHERE id = $1 AND account_id = $2",
-                lead_id,
-                account_id,
-                *changes.values(),
-            )
+        await update_columns(conn, "leads", lead_id, account_id, changes)
         if phones is not None:
             await conn.execute(
                 "DELETE FROM lead_phones WHERE lead_id = $1 AND NOT (e164 = ANY($2::text[]))",
