@@ -72,6 +72,16 @@ class ShutdownSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TwilioSettings:
+    auth_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TelnyxSettings:
+    public_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -83,6 +93,8 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    telnyx: TelnyxSettings = field(default_factory=TelnyxSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 

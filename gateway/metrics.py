@@ -58,6 +58,19 @@ class Metrics:
             "gateway_http_requests", "HTTP requests answered", ["route", "status"], registry=r
         )
 
+        self.texts_received = Counter(
+            "gateway_texts_received",
+            "Inbound texts by provider and outcome",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.webhooks_rejected = Counter(
+            "gateway_webhooks_rejected",
+            "Webhook requests refused before reading them (bad signature, not configured)",
+            ["provider", "reason"],
+            registry=r,
+        )
+
     def watch_pool(self, size: Callable[[], float], in_use: Callable[[], float]) -> None:
         self.db_pool_size.set_function(size)
         self.db_pool_in_use.set_function(in_use)

@@ -66,6 +66,7 @@ class Gateway:
             connect_timeout_s=db.connect_timeout_s,
         )
         await self.keeper.start()
+        keeper = self.keeper
         if self.seed_demo:
             async with pool.acquire() as conn:
                 for line in await demo.seed(conn):
@@ -79,6 +80,10 @@ class Gateway:
             max_body_bytes=self.settings.http.max_body_bytes,
             max_import_bytes=self.settings.http.max_import_bytes,
             sip_realm=self.settings.sip.realm,
+            index=lambda: keeper.index,
+            public_base_url=self.settings.http.public_base_url,
+            twilio_auth_token=self.settings.twilio.auth_token,
+            telnyx_public_key=self.settings.telnyx.public_key,
         )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncpg
 from aiohttp import web
 
-from gateway.http import admin_api, crm_api, leads_api, numbers_api, ops
+from gateway.domain.index import Index
+from gateway.http import admin_api, crm_api, leads_api, numbers_api, ops, webhooks
 from gateway.http.auth import POOL, auth_middleware
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
@@ -13,7 +16,7 @@ from gateway.metrics import Metrics
 from gateway.store import purchases
 
 # Imported for their @API.op registrations.
-_REGISTERED = (admin_api, crm_api, leads_api, numbers_api, ops)
+_REGISTERED = (admin_api, crm_api, leads_api, numbers_api, ops, webhooks)
 
 
 def build_app(
@@ -24,6 +27,10 @@ def build_app(
     max_body_bytes: int,
     max_import_bytes: int,
     sip_realm: str,
+    index: Callable[[], Index],
+    public_base_url: str,
+    twilio_auth_token: str,
+    telnyx_public_key: str,
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -42,6 +49,10 @@ def build_app(
     app[POOL] = pool
     app[admin_api.SIP_REALM] = sip_realm
     app[leads_api.MAX_IMPORT_BYTES] = max_import_bytes
+    app[webhooks.INDEX] = index
+    app[webhooks.PUBLIC_BASE_URL] = public_base_url
+    app[webhooks.TWILIO_TOKEN] = twilio_auth_token
+    app[webhooks.TELNYX_KEY] = telnyx_public_key
     app[numbers_api.INVENTORY] = purchases.LocalInventory()
     API.mount(app)
     return app

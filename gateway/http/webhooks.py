@@ -1,0 +1,171 @@
+"""Aggregator webhooks for inbound texts (issue 5): Twilio (form) and Telnyx
+(JSON). Each verifies the provider's signature first: a bad one is 403 and
+leaves nothing but a metric and a log line. Then it normalises the text and
+hands it to the one pipeline, which acknowledges only after commit; if the
+database cannot take it, 503 makes the provider redeliver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway.domain.index import Index
+from gateway.domain.phone import to_e164
+from gateway.domain.signatures import telnyx_valid, twilio_algorithm, twilio_valid
+from gateway.http.auth import POOL
+from gateway.http.ops import METRICS
+from gateway.http.problems import problem
+from gateway.http.responses import not_found
+from gateway.http.routes import API
+from gateway.http.validation import field_error
+from gateway.store import texts
+
+log = logging.getLogger(__name__)
+
+INDEX: web.AppKey[Callable[[], Index]] = web.AppKey("index")
+TWILIO_TOKEN: web.AppKey[str] = web.AppKey("twilio_token", str)
+TELNYX_KEY: web.AppKey[str] = web.AppKey("telnyx_key", str)
+PUBLIC_BASE_URL: web.AppKey[str] = web.AppKey("public_base_url", str)
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+_DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def _refuse(request: web.Request, provider: str, reason: str, status: int, detail: str) -> web.Response:
+    request.app[METRICS].webhooks_rejected.labels(provider=provider, reason=reason).inc()
+    log.warning("%s webhook refused from %s: %s", provider, request.remote, reason)
+    return problem(status, "Forbidden" if status == 403 else "Service Unavailable", detail)
+
+
+def _phone(value: Any, field: str) -> str:
+    e164 = to_e164(value) if isinstance(value, str) else None
+    if e164 is None:
+        raise field_error(field, "is not a phone number", status=400)
+    return e164
+
+
+async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accepted | web.Response:
+    metrics = request.app[METRICS]
+    try:
+        async with request.app[POOL].acquire() as conn:
+            accepted = await texts.accept(conn, request.app[INDEX](), text)
+    except texts.UnknownNumber:
+        metrics.texts_received.labels(provider=text.provider, outcome="unknown_number").inc()
+        return not_found(f"number {text.to_e164} on this gateway")
+    except _DB_DOWN as exc:
+        metrics.texts_received.labels(provider=text.provider, outcome="db_unavailable").inc()
+        log.warning("text %s not stored, asking for redelivery: %s", text.provider_message_id, exc)
+        response = problem(503, "Service Unavailable", "the text could not be stored; redeliver it")
+        response.headers["Retry-After"] = "5"
+        return response
+    outcome = "duplicate" if accepted.duplicate else ("routed" if accepted.recipients else "no_target")
+    metrics.texts_received.labels(provider=text.provider, outcome=outcome).inc()
+    return accepted
+
+
+@API.op(
+    "POST",
+    "/v1/webhooks/twilio/messages",
+    "Twilio inbound message webhook (form, X-Twilio-Signature)",
+    public=True,
+    errors=(400, 403, 404, 413, 415, 503),
+)
+async def twilio_messages(request: web.Request) -> web.Response:
+    token = request.app[TWILIO_TOKEN]
+    if not token:
+        return _refuse(request, "twilio", "not_configured", 503, "the Twilio webhook is not configured")
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise field_error("Content-Type", "must be application/x-www-form-urlencoded", status=415)
+    form = await request.post()
+    # A list of pairs, never a dict: repeated names are part of what Twilio signs.
+    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    url = request.app[PUBLIC_BASE_URL].rstrip("/") + request.path_qs
+    algorithm = twilio_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
+    if not twilio_valid(token, url, params, request.headers.get("X-Twilio-Signature", ""), algorithm):
+        return _refuse(request, "twilio", "bad_signature", 403, "invalid X-Twilio-Signature")
+    fields = dict(params)
+    sid = fields.get("MessageSid") or fields.get("SmsSid")
+    if not sid or len(sid) > 200:
+        raise field_error("MessageSid", "is required", status=400)
+    count = int(fields["NumMedia"]) if fields.get("NumMedia", "").isdigit() else 0
+    media = [
+        {"url": fields[f"MediaUrl{i}"], "content_type": fields.get(f"MediaContentType{i}", "")}
+        for i in range(min(count, 10))
+        if f"MediaUrl{i}" in fields
+    ]
+    text = texts.InboundText(
+        provider="twilio",
+        provider_message_id=sid,
+        from_e164=_phone(fields.get("From"), "From"),
+        to_e164=_phone(fields.get("To"), "To"),
+        body=fields.get("Body", ""),
+        received_at=datetime.now(UTC),
+        media=media,
+        segments=int(fields["NumSegments"]) if fields.get("NumSegments", "").isdigit() else None,
+    )
+    accepted = await _accept(request, text)
+    if isinstance(accepted, web.Response):
+        return accepted
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+@API.op(
+    "POST",
+    "/v1/webhooks/telnyx/messages",
+    "Telnyx messaging webhook (JSON, Ed25519 signature)",
+    public=True,
+    errors=(400, 403, 404, 413, 503),
+)
+async def telnyx_messages(request: web.Request) -> web.Response:
+    key = request.app[TELNYX_KEY]
+    if not key:
+        return _refuse(request, "telnyx", "not_configured", 503, "the Telnyx webhook is not configured")
+    raw = await request.read()  # the raw bytes are what Telnyx signed, never re-serialised JSON
+    signature = request.headers.get("telnyx-signature-ed25519", "")
+    timestamp = request.headers.get("telnyx-timestamp", "")
+    if not telnyx_valid(key, timestamp, raw, signature, now=time.time()):
+        return _refuse(request, "telnyx", "bad_signature", 403, "invalid or expired telnyx-signature-ed25519")
+    try:
+        data = json.loads(raw)["data"]
+        event_type = data["event_type"]
+        payload = data["payload"]
+    except (ValueError, KeyError, TypeError):
+        raise field_error("data", "must hold event_type and payload", status=400) from None
+    if event_type != "message.received":
+        return web.json_response({"ignored": str(event_type)[:100]})  # delivery statuses: outbound texts
+    to_list = payload.get("to") if isinstance(payload, dict) else None
+    message_id = payload.get("id") if isinstance(payload, dict) else None
+    if not isinstance(message_id, str) or not message_id or len(message_id) > 200:
+        raise field_error("data.payload.id", "is required", status=400)
+    if not isinstance(to_list, list) or not to_list or not isinstance(to_list[0], dict):
+        raise field_error("data.payload.to", "must list the recipient", status=400)
+    sender = payload.get("from")
+    media = payload.get("media") if isinstance(payload.get("media"), list) else []
+    parts = payload.get("parts")
+    text = texts.InboundText(
+        provider="telnyx",
+        provider_message_id=message_id,
+        from_e164=_phone(
+            sender.get("phone_number") if isinstance(sender, dict) else None, "data.payload.from"
+        ),
+        to_e164=_phone(to_list[0].get("phone_number"), "data.payload.to"),
+        body=payload.get("text") if isinstance(payload.get("text"), str) else "",
+        received_at=datetime.now(UTC),
+        media=[
+            {"url": str(m.get("url", "")), "content_type": str(m.get("content_type", ""))}
+            for m in media[:10]
+            if isinstance(m, dict)
+        ],
+        segments=parts if isinstance(parts, int) and not isinstance(parts, bool) else None,
+    )
+    accepted = await _accept(request, text)
+    if isinstance(accepted, web.Response):
+        return accepted
+    return web.json_response({"message_id": accepted.message_id, "duplicate": accepted.duplicate})
