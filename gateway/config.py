@@ -74,11 +74,22 @@ class ShutdownSettings:
 @dataclass(frozen=True, slots=True)
 class TwilioSettings:
     auth_token: str = ""
+    account_sid: str = ""
+    api_base_url: str = "https://api.twilio.com"
 
 
 @dataclass(frozen=True, slots=True)
 class TelnyxSettings:
     public_key: str = ""
+    api_key: str = ""
+    api_base_url: str = "https://api.telnyx.com"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    timeout_s: float = 10.0
+    max_attempts: int = 3
+    max_retry_after_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,7 @@ class Settings:
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     telnyx: TelnyxSettings = field(default_factory=TelnyxSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -215,6 +227,13 @@ def _validate(s: Settings) -> None:
         _check_host(key, host)
     if s.database.url:
         check_dsn("database.url", s.database.url)
+    for key, base in (
+        ("twilio.api_base_url", s.twilio.api_base_url),
+        ("telnyx.api_base_url", s.telnyx.api_base_url),
+    ):
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(key, "must be an absolute http(s) URL")
     url = urlsplit(s.http.public_base_url)
     if url.scheme not in ("http", "https") or not url.netloc:
         raise ConfigError("http.public_base_url", "must be an absolute http(s) URL")
@@ -226,6 +245,8 @@ def _validate(s: Settings) -> None:
         "database.connect_timeout_s": s.database.connect_timeout_s,
         "database.command_timeout_s": s.database.command_timeout_s,
         "index.reload_interval_s": s.index.reload_interval_s,
+        "outbound.timeout_s": s.outbound.timeout_s,
+        "outbound.max_attempts": s.outbound.max_attempts,
         "index.reconnect_max_backoff_s": s.index.reconnect_max_backoff_s,
     }
     for key, number in positive.items():

@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.config import Settings
 from gateway.http.app import build_app
 from gateway.metrics import Metrics
+from gateway.providers import Providers
 from gateway.store import demo
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.index_keeper import IndexKeeper
@@ -40,6 +41,7 @@ class Gateway:
         self.keeper: IndexKeeper | None = None
         self.dsn = settings.database.url
         self._runner: web.AppRunner | None = None
+        self.providers = Providers(settings)
         self.http_port: int | None = None
 
     async def start(self) -> None:
@@ -84,6 +86,7 @@ class Gateway:
             public_base_url=self.settings.http.public_base_url,
             twilio_auth_token=self.settings.twilio.auth_token,
             telnyx_public_key=self.settings.telnyx.public_key,
+            providers=self.providers,
         )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None
@@ -100,6 +103,7 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, then drains within grace
             self._runner = None
+        await self.providers.close()
         if self.keeper is not None:
             await self.keeper.stop()
             self.keeper = None

@@ -267,8 +267,12 @@ async def test_telnyx_inbound(gw: Gateway, conn: asyncpg.Connection) -> None:
     assert status == 200 and body["duplicate"] is True
     assert (await telnyx_post(gw, telnyx_event("tx-2"), at=int(time.time()) - 301))[0] == 403  # replay window
     assert (await telnyx_post(gw, telnyx_event("tx-3"), key=Ed25519PrivateKey.generate()))[0] == 403
-    assert (await telnyx_post(gw, telnyx_event("tx-4", kind="message.sent")))[1] == {
-        "ignored": "message.sent"
+    # Delivery statuses go to outbound messages; an unknown id changes nothing.
+    status_event = telnyx_event("tx-4", kind="message.sent")
+    status_event["data"]["payload"]["to"][0]["status"] = "sent"
+    assert (await telnyx_post(gw, status_event))[1] == {"updated": False}
+    assert (await telnyx_post(gw, telnyx_event("tx-6", kind="message.other")))[1] == {
+        "ignored": "message.other"
     }
     status, body = await telnyx_post(gw, b"{not json")
     assert status == 400 and body["errors"][0]["field"] == "data"

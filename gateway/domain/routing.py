@@ -61,7 +61,7 @@ def route(index: Index, number: Number, caller: str | None) -> Decision:
     """The routing decision for a call or text from ``caller`` (E.164, or None
     when withheld) to ``number``. A few dict lookups; no I/O."""
     leads = index.leads_for(number.account_id, caller) if caller else ()
-    timeline, agent, reason = _lead_rules(leads)
+    timeline, agent, reason = lead_rules(leads)
     if number.kind == "personal":  # R5: the owner, whoever calls; R1-R3 still pick the records.
         agent, reason = number.owner_user_id, "personal_number"
     if agent is None:  # R4
@@ -87,7 +87,7 @@ def rotate(targets: tuple[int, ...], cursor: int) -> tuple[int, ...]:
     return targets[start:] + targets[:start]
 
 
-def _lead_rules(leads: tuple[LeadRef, ...]) -> tuple[tuple[int, ...], int | None, Reason]:
+def lead_rules(leads: tuple[LeadRef, ...]) -> tuple[tuple[int, ...], int | None, Reason]:
     """R1-R3: (leads that get timeline records, the agent, the reason)."""
     if not leads:
         return (), None, "unknown_caller"

@@ -166,3 +166,13 @@ class LeadPatch(Strict):
 class LeadSearch(BaseModel):
     model_config = ConfigDict(extra="ignore")
     phone: str = Field(min_length=1, max_length=64)
+
+
+class MessageOut(Strict):
+    """R10: send a text; ``from`` only for manual texts, auto texts pick their sender."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    to: PhoneIn
+    body: str = Field(min_length=1, max_length=1600)
+    kind: Literal["manual", "auto"] = "manual"
+    sender: PhoneIn | None = Field(None, alias="from")

@@ -26,7 +26,9 @@ from gateway.http.problems import problem
 from gateway.http.responses import not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error
+from gateway.providers import map_status
 from gateway.store import texts
+from gateway.store.outbound import update_status
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +72,8 @@ async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accept
     return accepted
 
 
-@API.op(
-    "POST",
-    "/v1/webhooks/twilio/messages",
-    "Twilio inbound message webhook (form, X-Twilio-Signature)",
-    public=True,
-    errors=(400, 403, 404, 413, 415, 503),
-)
-async def twilio_messages(request: web.Request) -> web.Response:
+async def _twilio_form(request: web.Request) -> list[tuple[str, str]] | web.Response:
+    """The form's pairs if X-Twilio-Signature verifies, else the refusal to send."""
     token = request.app[TWILIO_TOKEN]
     if not token:
         return _refuse(request, "twilio", "not_configured", 503, "the Twilio webhook is not configured")
@@ -90,6 +86,53 @@ async def twilio_messages(request: web.Request) -> web.Response:
     algorithm = twilio_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
     if not twilio_valid(token, url, params, request.headers.get("X-Twilio-Signature", ""), algorithm):
         return _refuse(request, "twilio", "bad_signature", 403, "invalid X-Twilio-Signature")
+    return params
+
+
+@API.op(
+    "POST",
+    "/v1/webhooks/twilio/status",
+    "Twilio delivery status callback for outbound texts",
+    public=True,
+    errors=(400, 403, 413, 415, 503),
+)
+async def twilio_status(request: web.Request) -> web.Response:
+    verified = await _twilio_form(request)
+    if isinstance(verified, web.Response):
+        return verified
+    fields = dict(verified)
+    status = map_status(fields.get("MessageStatus"))
+    sid = fields.get("MessageSid")
+    if not sid or status is None:
+        raise field_error("MessageStatus", "MessageSid and a known MessageStatus are required", status=400)
+    return await _status_update(request, "twilio", sid, status, fields.get("ErrorCode") or None)
+
+
+async def _status_update(
+    request: web.Request, provider: str, message_id: str, status: str, error: str | None
+) -> web.Response:
+    try:
+        async with request.app[POOL].acquire() as conn:
+            changed = await update_status(conn, provider, message_id, status, error)
+    except _DB_DOWN:
+        response = problem(503, "Service Unavailable", "status not stored; redeliver it")
+        response.headers["Retry-After"] = "5"
+        return response
+    return web.json_response({"updated": changed})
+
+
+@API.op(
+    "POST",
+    "/v1/webhooks/twilio/messages",
+    "Twilio inbound message webhook (form, X-Twilio-Signature)",
+    public=True,
+    errors=(400, 403, 404, 413, 415, 503),
+)
+async def twilio_messages(request: web.Request) -> web.Response:
+    verified = await _twilio_form(request)
+    if isinstance(verified, web.Response):
+        return verified
+    params = verified
     fields = dict(params)
     sid = fields.get("MessageSid") or fields.get("SmsSid")
     if not sid or len(sid) > 200:
@@ -138,8 +181,21 @@ async def telnyx_messages(request: web.Request) -> web.Response:
         payload = data["payload"]
     except (ValueError, KeyError, TypeError):
         raise field_error("data", "must hold event_type and payload", status=400) from None
+    if event_type in ("message.sent", "message.finalized") and isinstance(payload, dict):
+        recipients = payload.get("to") if isinstance(payload.get("to"), list) else []
+        raw_status = recipients[0].get("status") if recipients and isinstance(recipients[0], dict) else None
+        status, sent_id = map_status(raw_status), payload.get("id")
+        if status is None or not isinstance(sent_id, str):
+            raise field_error("data.payload", "needs id and to[0].status", status=400)
+        errors = payload.get("errors")
+        error = (
+            str(errors[0].get("code"))
+            if isinstance(errors, list) and errors and isinstance(errors[0], dict)
+            else None
+        )
+        return await _status_update(request, "telnyx", sent_id, status, error)
     if event_type != "message.received":
-        return web.json_response({"ignored": str(event_type)[:100]})  # delivery statuses: outbound texts
+        return web.json_response({"ignored": str(event_type)[:100]})
     to_list = payload.get("to") if isinstance(payload, dict) else None
     message_id = payload.get("id") if isinstance(payload, dict) else None
     if not isinstance(message_id, str) or not message_id or len(message_id) > 200:

@@ -1,0 +1,135 @@
+"""Outbound texts (issue 5, R10): the idempotent claim before sending, the
+record after it, and delivery statuses from the providers' callbacks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from gateway.domain.index import Index, Number
+from gateway.domain.routing import Decision, lead_rules
+from gateway.providers import STATUS_RANK, SendFailed, Sent
+from gateway.store import Conn
+from gateway.store.crm import InboundEvent, record_timeline, record_usage
+
+MESSAGE_COLUMNS = (
+    "id, number_id, direction, provider, provider_message_id, from_e164, to_e164, body, segments,"
+    " sent_by, status, error_code, created_at, updated_at"
+)
+
+
+async def claim(
+    conn: Conn,
+    *,
+    number: Number,
+    user_id: int,
+    to_e164: str,
+    body: str,
+    segments: int,
+    idempotency_key: str | None,
+    local_id: str,
+) -> tuple[Any, bool]:
+    """Insert the message as ``queued`` and commit, before any send. Returns
+    (row, True) when the idempotency key was already used: do not send again."""
+    row = await conn.fetchrow(
+        "INSERT INTO messages (account_id, number_id, direction, provider, provider_message_id, from_e164,"
+        " to_e164, body, segments, sent_by, status, idempotency_key)"
+        " VALUES ($1, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, 'queued', $10)"
+        " ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        f" RETURNING {MESSAGE_COLUMNS}",
+        number.account_id,
+        number.id,
+        number.provider,
+        local_id,
+        number.e164,
+        to_e164,
+        body,
+        segments,
+        user_id,
+        idempotency_key,
+    )
+    if row is not None:
+        return row, False
+    existing = await conn.fetchrow(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE account_id = $1 AND idempotency_key = $2",
+        number.account_id,
+        idempotency_key,
+    )
+    return existing, True
+
+
+async def record_outcome(
+    conn: Conn,
+    index: Index,
+    *,
+    message_id: int,
+    number: Number,
+    user_id: int,
+    to_e164: str,
+    segments: int,
+    at: datetime,
+    sent: Sent | None,
+    failure: SendFailed | None,
+) -> Any:
+    """After the send: the provider's id and status, or the failure; on success
+    the R1-R3 timeline records on the destination's leads and R9 usage for the
+    sender. One transaction."""
+    async with conn.transaction():
+        if sent is not None:
+            row = await conn.fetchrow(
+                "UPDATE messages SET provider_message_id = $2, status = $3, updated_at = now() WHERE id = $1"
+                f" RETURNING {MESSAGE_COLUMNS}",
+                message_id,
+                sent.provider_message_id,
+                sent.status,
+            )
+            timeline, _, reason = lead_rules(index.leads_for(number.account_id, to_e164))
+            event = InboundEvent(
+                number=number,
+                channel="text",
+                caller=to_e164,
+                event_key=f"text:out:{message_id}",
+                occurred_at=at,
+                agent_id=user_id,
+                message_id=message_id,
+                direction="outbound",
+            )
+            await record_timeline(conn, event, Decision(reason, "single", (user_id,), timeline, 0))
+            await record_usage(
+                conn,
+                account_id=number.account_id,
+                user_id=user_id,
+                kind="text_segments",
+                quantity=segments,
+                at=at,
+                number_id=number.id,
+                event_key=event.event_key,
+                message_id=message_id,
+            )
+            return row
+        assert failure is not None
+        return await conn.fetchrow(
+            "UPDATE messages SET status = 'failed', error_code = $2, updated_at = now() WHERE id = $1"
+            f" RETURNING {MESSAGE_COLUMNS}",
+            message_id,
+            (failure.code or failure.detail)[:200],
+        )
+
+
+async def update_status(
+    conn: Conn, provider: str, provider_message_id: str, status: str, error: str | None
+) -> bool:
+    """A delivery status callback: move the outbound message forward, never back
+    (events arrive out of order). True if a message changed. One statement."""
+    ranks = [name for name, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
+    result = await conn.execute(
+        "UPDATE messages SET status = $3, error_code = COALESCE($4, error_code), updated_at = now()"
+        " WHERE provider = $1 AND provider_message_id = $2 AND direction = 'outbound'"
+        " AND status = ANY($5::text[])",
+        provider,
+        provider_message_id,
+        status,
+        error,
+        ranks,
+    )
+    return result != "UPDATE 0"
