@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.providers import Providers
 from gateway.store import demo
 from gateway.store.embedded import EmbeddedPostgres
+from gateway.store.events import EventHub
 from gateway.store.index_keeper import IndexKeeper
 from gateway.store.migrations import migrate
 
@@ -42,6 +43,7 @@ class Gateway:
         self.dsn = settings.database.url
         self._runner: web.AppRunner | None = None
         self.providers = Providers(settings)
+        self.event_hub: EventHub | None = None
         self.http_port: int | None = None
 
     async def start(self) -> None:
@@ -69,6 +71,8 @@ class Gateway:
         )
         await self.keeper.start()
         keeper = self.keeper
+        self.event_hub = EventHub(self.dsn, db.connect_timeout_s)
+        await self.event_hub.start()
         if self.seed_demo:
             async with pool.acquire() as conn:
                 for line in await demo.seed(conn):
@@ -87,6 +91,7 @@ class Gateway:
             twilio_auth_token=self.settings.twilio.auth_token,
             telnyx_public_key=self.settings.telnyx.public_key,
             providers=self.providers,
+            event_hub=self.event_hub,
         )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None
@@ -100,6 +105,9 @@ class Gateway:
     async def stop(self) -> None:
         """Reverse of start; safe to call on a partly started gateway."""
         grace = self.settings.shutdown.grace_period_s
+        if self.event_hub is not None:
+            await self.event_hub.stop()  # ends open event streams, so draining need not wait for them
+            self.event_hub = None
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, then drains within grace
             self._runner = None

@@ -98,6 +98,9 @@ def test_no_generated_request_gets_a_server_error(db_dsn: str, tmp_path: Path) -
                 # Revoking the very key the run uses would turn the rest into 401s; tested directly elsewhere.
                 "--exclude-operation-id",
                 "revoke_api_key",
+                # A never-ending event stream, not a request/response; tests/test_events.py covers it.
+                "--exclude-operation-id",
+                "stream_events",
             ],
             cwd=tmp_path,
             capture_output=True,

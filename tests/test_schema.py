@@ -32,6 +32,7 @@ EXPECTED_TABLES = {
     "api_keys",
     "text_codes",
     "number_inventory",
+    "user_events",
     "schema_migrations",
 }
 
@@ -70,7 +71,7 @@ def test_gateway_migrate_command_is_idempotent(empty_dsn: str, tmp_path: Path) -
     run = [sys.executable, "-m", "gateway", "migrate"]
     first = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("applied migrations: 1, 2, 3, 4, 5, 6, 7, 8")
+    assert first.stdout.startswith("applied migrations: 1, 2, 3, 4, 5, 6, 7, 8, 9")
     second = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "schema up to date"

@@ -8,16 +8,17 @@ import asyncpg
 from aiohttp import web
 
 from gateway.domain.index import Index
-from gateway.http import admin_api, crm_api, leads_api, messages_api, numbers_api, ops, webhooks
+from gateway.http import admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks
 from gateway.http.auth import POOL, auth_middleware
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
 from gateway.metrics import Metrics
 from gateway.providers import Providers
 from gateway.store import purchases
+from gateway.store.events import EventHub
 
 # Imported for their @API.op registrations.
-_REGISTERED = (admin_api, crm_api, leads_api, messages_api, numbers_api, ops, webhooks)
+_REGISTERED = (admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks)
 
 
 def build_app(
@@ -33,6 +34,7 @@ def build_app(
     twilio_auth_token: str,
     telnyx_public_key: str,
     providers: Providers,
+    event_hub: EventHub,
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -56,6 +58,7 @@ def build_app(
     app[webhooks.TWILIO_TOKEN] = twilio_auth_token
     app[webhooks.TELNYX_KEY] = telnyx_public_key
     app[messages_api.PROVIDERS] = providers
+    app[events_api.HUB] = event_hub
     app[numbers_api.INVENTORY] = purchases.LocalInventory()
     API.mount(app)
     return app

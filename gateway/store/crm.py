@@ -80,10 +80,15 @@ async def raise_unknown_caller_notifications(
     if not decision.unknown_caller or not decision.targets:
         return []
     rows = await conn.fetch(
-        "INSERT INTO notifications (account_id, user_id, number_id, channel, event_key, caller_e164,"
-        " source, tag, call_record_id, message_id)"
+        "WITH raised AS (INSERT INTO notifications (account_id, user_id, number_id, channel, event_key,"
+        " caller_e164, source, tag, call_record_id, message_id)"
         " SELECT $1, u, $2, $3, $4, $5, $6, $7, $8, $9 FROM unnest($10::bigint[]) AS u"
-        " ON CONFLICT (event_key, user_id) DO NOTHING RETURNING id",
+        " ON CONFLICT (event_key, user_id) DO NOTHING"
+        " RETURNING id, user_id, number_id, channel, caller_e164, source, tag, created_at),"
+        # Announced on each user's real-time stream, in the same transaction.
+        " announced AS (INSERT INTO user_events (account_id, user_id, kind, payload)"
+        " SELECT $1, user_id, 'notification', to_jsonb(raised) FROM raised)"
+        " SELECT id FROM raised",
         event.number.account_id,
         event.number.id,
         event.channel,

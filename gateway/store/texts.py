@@ -90,6 +90,18 @@ async def accept(conn: Conn, index: Index, text: InboundText) -> Accepted:
             handler,
             "received" if recipients else "undelivered_no_target",  # R6: stored, never lost
         )
+        if recipients:
+            # Every recipient sees it live (a ring_all blast reaches them all).
+            await conn.execute(
+                "INSERT INTO user_events (account_id, user_id, kind, payload)"
+                " SELECT $1, u, 'text', jsonb_build_object('message_id', m.id, 'from', m.from_e164,"
+                " 'to', m.to_e164, 'body', m.body, 'media', m.media, 'number_id', m.number_id,"
+                " 'created_at', m.created_at)"
+                " FROM unnest($2::bigint[]) u, messages m WHERE m.id = $3",
+                number.account_id,
+                list(recipients),
+                message_id,
+            )
         event = InboundEvent(
             number=number,
             channel="text",
