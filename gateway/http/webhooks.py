@@ -46,6 +46,13 @@ def _refuse(request: web.Request, provider: str, reason: str, status: int, detai
     return problem(status, "Forbidden" if status == 403 else "Service Unavailable", detail)
 
 
+def _redeliver(detail: str) -> web.Response:
+    """503 with Retry-After: nothing was acknowledged, so the provider sends it again."""
+    response = problem(503, "Service Unavailable", detail)
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def _phone(value: Any, field: str) -> str:
     e164 = to_e164(value) if isinstance(value, str) else None
     if e164 is None:
@@ -64,9 +71,7 @@ async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accept
     except _DB_DOWN as exc:
         metrics.texts_received.labels(provider=text.provider, outcome="db_unavailable").inc()
         log.warning("text %s not stored, asking for redelivery: %s", text.provider_message_id, exc)
-        response = problem(503, "Service Unavailable", "the text could not be stored; redeliver it")
-        response.headers["Retry-After"] = "5"
-        return response
+        return _redeliver("the text could not be stored; redeliver it")
     outcome = "duplicate" if accepted.duplicate else ("routed" if accepted.recipients else "no_target")
     metrics.texts_received.labels(provider=text.provider, outcome=outcome).inc()
     return accepted
@@ -115,9 +120,7 @@ async def _status_update(
         async with request.app[POOL].acquire() as conn:
             changed = await update_status(conn, provider, message_id, status, error)
     except _DB_DOWN:
-        response = problem(503, "Service Unavailable", "status not stored; redeliver it")
-        response.headers["Retry-After"] = "5"
-        return response
+        return _redeliver("status not stored; redeliver it")
     return web.json_response({"updated": changed})
 
 
