@@ -47,6 +47,15 @@ class SipSettings:
     host: str = "0.0.0.0"  # noqa: S104
     port: int = 5060
     realm: str = "gateway"
+    advertised_host: str = ""
+    trunk_cidrs: str = "127.0.0.1/32"
+    outbound_trunk: str = ""
+    outbound_ring_timeout_s: float = 60.0
+    max_call_s: float = 14400.0
+    max_message_bytes: int = 65535
+    max_text_bytes: int = 4096
+    per_number_metrics: int = 50
+    nonce_secret: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +265,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
     if s.shutdown.grace_period_s < 0:
         raise ConfigError("shutdown.grace_period_s", "must be 0 or more")
+    _check_sip(s.sip)
     if not s.sip.realm or any(c.isspace() or c in '"\\' for c in s.sip.realm):
         raise ConfigError("sip.realm", "must be a non-empty token without spaces or quotes")
     if not s.database.embedded_dir:
@@ -283,3 +293,39 @@ def check_dsn(key: str, dsn: str) -> None:
         raise ConfigError(key, "names no host (use host=/socket/dir for a Unix socket)")
     if not parts.path.strip("/"):
         raise ConfigError(key, "names no database")
+
+
+def trunk_networks(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``sip.trunk_cidrs``: comma-separated networks carriers' trunks send from."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()]
+
+
+def host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
+    """``"host[:port]"`` (the outbound trunk) as a pair."""
+    host, _, port = value.strip().rpartition(":") if ":" in value else (value.strip(), "", "")
+    return host, int(port) if port else default_port
+
+
+def _check_sip(sip: SipSettings) -> None:
+    try:
+        trunk_networks(sip.trunk_cidrs)
+    except ValueError as exc:
+        raise ConfigError(
+            "sip.trunk_cidrs", f"must be comma-separated networks like 10.0.0.0/24 ({exc})"
+        ) from None
+    if sip.outbound_trunk:
+        try:
+            host, port = host_port(sip.outbound_trunk)
+        except ValueError:
+            raise ConfigError("sip.outbound_trunk", "must be host:port") from None
+        if not host or not 0 < port <= 65535:
+            raise ConfigError("sip.outbound_trunk", "must be host:port")
+    for key, value in (
+        ("sip.outbound_ring_timeout_s", sip.outbound_ring_timeout_s),
+        ("sip.max_call_s", sip.max_call_s),
+        ("sip.max_message_bytes", sip.max_message_bytes),
+        ("sip.max_text_bytes", sip.max_text_bytes),
+        ("sip.per_number_metrics", sip.per_number_metrics),
+    ):
+        if value <= 0:
+            raise ConfigError(key, f"must be greater than 0, got {value}")

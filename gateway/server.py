@@ -18,10 +18,14 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.domain.call_slots import CallSlots
 from gateway.http.app import build_app
 from gateway.metrics import Metrics
 from gateway.providers import Providers
+from gateway.sip.metrics import SipMetrics
+from gateway.sip.server import SipServer
 from gateway.store import demo
+from gateway.store.calls import CallRecorder
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.events import EventHub
 from gateway.store.index_keeper import IndexKeeper
@@ -45,6 +49,9 @@ class Gateway:
         self.providers = Providers(settings)
         self.event_hub: EventHub | None = None
         self.http_port: int | None = None
+        self.slots = CallSlots()
+        self.recorder: CallRecorder | None = None
+        self.sip: SipServer | None = None
 
     async def start(self) -> None:
         db = self.settings.database
@@ -101,10 +108,29 @@ class Gateway:
         await site.start()
         self.http_port = self._bound_port()
         log.info("HTTP listening on %s:%s", self.settings.http.host, self.http_port)
+        self.recorder = CallRecorder(pool)
+        self.recorder.start()
+        self.sip = SipServer(
+            self.settings.sip,
+            lambda: keeper.index,
+            pool,
+            SipMetrics(self.metrics.registry, self.slots, self.settings.sip.per_number_metrics),
+            self.slots,
+            self.recorder,
+            self.metrics.texts_received,
+        )
+        await self.sip.start()
+        log.info("SIP listening on %s:%s (UDP and TCP)", self.settings.sip.host, self.sip.port)
 
     async def stop(self) -> None:
         """Reverse of start; safe to call on a partly started gateway."""
         grace = self.settings.shutdown.grace_period_s
+        if self.sip is not None:
+            await self.sip.stop(grace)  # new INVITEs get 503; calls in progress may finish
+            self.sip = None
+        if self.recorder is not None:
+            await self.recorder.stop(grace)
+            self.recorder = None
         if self.event_hub is not None:
             await self.event_hub.stop()  # ends open event streams, so draining need not wait for them
             self.event_hub = None
@@ -168,7 +194,8 @@ async def serve(settings: Settings, seed_demo: bool = False) -> int:
         await gateway.start()
         print(
             f"gateway ready: HTTP http://{_display_host(settings.http.host)}:{gateway.http_port} "
-            f"(/healthz /readyz /metrics)",
+            f"(/healthz /readyz /metrics), SIP udp+tcp {_display_host(settings.sip.host)}:"
+            f"{gateway.sip.port if gateway.sip else settings.sip.port}",
             flush=True,
         )
         await stop.wait()

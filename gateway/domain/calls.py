@@ -1,0 +1,78 @@
+"""How a routed call is placed and how it ended (R4, R6, R7, R9): pure rules.
+
+:func:`call_plan` turns a routing decision into hunt steps: each step is the
+set of destinations rung at once, with its no-answer timeout. ``single`` is
+one step of one; ``ring_all`` one step of all (first answer wins);
+``sequential`` and (already rotated) ``round_robin`` one step per user, in
+order. Users with no call destination cannot be rung and are left out.
+
+:func:`disposition` names the ending that the call record stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.domain.index import Index
+from gateway.domain.routing import Decision
+
+Disposition = Literal["answered", "busy_limit", "no_answer", "canceled", "rejected", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    user_id: int | None  # None: an outbound call to the trunk
+    destination: str  # a SIP URI, or an E.164 reached through the outbound trunk
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    targets: tuple[Target, ...]
+    timeout_s: float
+
+
+def call_plan(index: Index, decision: Decision) -> tuple[Step, ...]:
+    """The hunt for ``decision`` (R4): who is rung together, in which order, and
+    for how long. Empty when nobody reachable remains (R6: answer 480)."""
+    reachable = []
+    for user_id in decision.targets:
+        user = index.user(user_id)
+        if user is not None and user.call_destination:
+            reachable.append(Target(user_id, user.call_destination))
+    if not reachable:
+        return ()
+    timeout = float(decision.step_timeout_s)
+    if decision.strategy == "ring_all":
+        return (Step(tuple(reachable), timeout),)
+    if decision.strategy == "single":
+        return (Step((reachable[0],), timeout),)
+    return tuple(Step((target,), timeout) for target in reachable)
+
+
+def disposition(
+    *, answered: bool, canceled: bool, failed: bool, rejected: bool, busy_limit: bool = False
+) -> Disposition:
+    """The call record's disposition; the first that applies wins."""
+    if busy_limit:
+        return "busy_limit"  # R7: refused before anyone rang
+    if answered:
+        return "answered"
+    if canceled:
+        return "canceled"  # the caller hung up while it rang
+    if failed:
+        return "failed"  # transport or protocol failure on our side of the call
+    if rejected:
+        return "rejected"  # nobody could be rung (R6 no target, unknown number)
+    return "no_answer"  # every target timed out or declined (486, 480, 603 ...)
+
+
+def carrier_status(disp: Disposition) -> tuple[int, str]:
+    """The final response the caller gets for an unanswered call."""
+    if disp == "busy_limit":
+        return 486, "Busy Here"
+    if disp == "canceled":
+        return 487, "Request Terminated"
+    if disp == "failed":
+        return 500, "Server Internal Error"
+    return 480, "Temporarily Unavailable"

@@ -1,0 +1,183 @@
+"""UDP and TCP listeners for SIP on the running loop (uvloop in production).
+
+aiosipua parses and serialises; the sockets are ours. aiosipua's own UDP
+protocol asserts ``isinstance(transport, asyncio.DatagramTransport)``, which
+uvloop's UDP transport is not (it only quacks like one), so it cannot run on
+uvloop; this module's :class:`_Datagrams` accepts any transport with
+``sendto``. The upstream fix is to drop the assertion for a ``cast`` (or check
+for ``sendto``); see the note in README.
+
+Every byte that arrives goes through :meth:`SipTransports._deliver`, which
+never raises: unparseable input is counted and dropped, and a handler's
+exception is counted and logged instead of reaching the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from aiosipua import SipMessage, SipRequest, SipResponse
+
+log = logging.getLogger(__name__)
+# aiosipua logs every mis-sized body at WARNING; hostile peers would flood the log.
+logging.getLogger("aiosipua").setLevel(logging.ERROR)
+
+MAX_HEADER_BYTES = 16 * 1024
+READ_IDLE_S = 300.0  # a TCP peer silent this long is closed
+
+
+class Peer(NamedTuple):
+    transport: str  # "udp" | "tcp"
+    host: str
+    port: int
+
+
+Handler = Callable[[SipRequest | SipResponse, Peer], None]
+Rejecter = Callable[[Peer], None]
+
+
+class SipTransports:
+    """One UDP socket and one TCP listener on ``host:port``; replies go out the
+    way the request came in (TCP on its connection, UDP from our socket)."""
+
+    def __init__(
+        self, host: str, port: int, handler: Handler, on_malformed: Rejecter, max_bytes: int
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._handler = handler
+        self._on_malformed = on_malformed
+        self._max_bytes = max_bytes
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._streams: dict[tuple[str, int], asyncio.StreamWriter] = {}
+        self._readers: set[asyncio.Task[None]] = set()
+        self.port = port
+
+    async def start(self) -> None:
+        """Bind UDP, then TCP on the same port (the UDP one when port 0 was asked)."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self), local_addr=(self._host, self._port)
+        )
+        self._udp = transport
+        self.port = int(self._udp.get_extra_info("sockname")[1])
+        self._tcp = await asyncio.start_server(
+            self._serve_stream, self._host, self.port, limit=MAX_HEADER_BYTES
+        )
+
+    async def stop(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+        for writer in list(self._streams.values()):
+            writer.close()
+        for task in list(self._readers):
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        if self._tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 2)
+        if self._udp is not None:
+            self._udp.close()
+
+    def send(self, message: SipRequest | SipResponse, peer: Peer) -> bool:
+        """Queue ``message`` for ``peer``; False when it cannot be sent (no TCP
+        connection to that peer any more, or the socket is closed). Never blocks."""
+        return self.send_bytes(bytes(message), peer)
+
+    def send_bytes(self, data: bytes, peer: Peer) -> bool:
+        if peer.transport == "tcp":
+            writer = self._streams.get((peer.host, peer.port))
+            if writer is None or writer.is_closing():
+                return False
+            writer.write(data)
+            return True
+        if self._udp is None or self._udp.is_closing():
+            return False
+        try:
+            self._udp.sendto(data, (peer.host, peer.port))
+        except (OSError, ValueError) as exc:  # unresolvable or unreachable target
+            log.warning("SIP send to %s:%s failed: %s", peer.host, peer.port, exc)
+            return False
+        return True
+
+    def _deliver(self, data: bytes, peer: Peer) -> None:
+        if not data.strip():
+            return  # CRLF keep-alive (RFC 5626)
+        if len(data) > self._max_bytes:
+            self._on_malformed(peer)
+            return
+        try:
+            message = SipMessage.parse(data)
+        except Exception:
+            self._on_malformed(peer)
+            return
+        self._handler(message, peer)
+
+    async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        name = writer.get_extra_info("peername")
+        peer = Peer("tcp", str(name[0]), int(name[1]))
+        self._streams[(peer.host, peer.port)] = writer
+        task = asyncio.current_task()
+        if task is not None:
+            self._readers.add(task)
+        try:
+            while True:
+                data = await asyncio.wait_for(self._read_message(reader), READ_IDLE_S)
+                if data is None:
+                    break
+                self._deliver(data, peer)
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            ValueError,
+        ):
+            self._on_malformed(peer)
+        finally:
+            self._streams.pop((peer.host, peer.port), None)
+            if task is not None:
+                self._readers.discard(task)
+            writer.close()
+
+    async def _read_message(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One message framed by Content-Length (RFC 3261 §18.3); None at EOF.
+        Raises ValueError for a frame we refuse (too big, bad length)."""
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    raise
+                return None
+            if head.strip():
+                break  # skip CRLF keep-alives between messages
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() in (b"content-length", b"l"):
+                length = int(value.strip())
+                break
+        if length < 0 or len(head) + length > self._max_bytes:
+            raise ValueError("frame too big")
+        body = await reader.readexactly(length) if length else b""
+        return head + body
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """Accepts uvloop's UDP transport as well as asyncio's (see module doc)."""
+
+    def __init__(self, owner: SipTransports) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._owner._deliver(data, Peer("udp", str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a vanished phone: the transaction timers handle it.
+        log.debug("SIP UDP error: %s", exc)
