@@ -19,6 +19,7 @@ from gateway.config import DatabaseSettings, HttpSettings, IndexSettings, Settin
 from gateway.server import Gateway
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
+from tests.sipp_tools import CARRIER_IP, TRUNK_IP, free_port
 
 # Durability off: tests never survive a crash of their own cluster.
 FAST = ("-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off")
@@ -129,3 +130,36 @@ async def gateway(db_dsn: str) -> AsyncIterator[Gateway]:
         yield gw
     finally:
         await gw.stop()
+
+
+# -- SIP: carrier SIPp on 127.0.0.2 (trusted trunk), phones on 127.0.0.1, trunk on 127.0.0.3 --
+
+
+def sip_settings(dsn: str, trunk_port: int) -> Settings:
+    s = settings_for(dsn)
+    return dataclasses.replace(
+        s,
+        sip=SipSettings(
+            host="127.0.0.1",
+            port=0,
+            trunk_cidrs=f"{CARRIER_IP}/32",
+            outbound_trunk=f"{TRUNK_IP}:{trunk_port}",
+        ),
+    )
+
+
+@pytest.fixture
+def trunk_port() -> int:
+    """A free port on the outbound trunk's address (a SIPp UAS may take it)."""
+    return free_port(TRUNK_IP)
+
+
+@pytest.fixture
+async def sip_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
+    """A gateway that trusts the carrier SIPp's address as a trunk."""
+    gateway = Gateway(sip_settings(db_dsn, trunk_port))
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()

@@ -133,14 +133,18 @@ async def start_sipp(
     if trace_messages:
         args += ["-trace_msg", "-message_file", str(work / "messages.log")]
     process = await asyncio.create_subprocess_exec(
-        *args, cwd=work, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *args,
+        cwd=work,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     return Sipp(name, process, work, port)
 
 
-async def udp_exchange(data: bytes, target: tuple[str, int], *, source_ip: str = CARRIER_IP,
-                       wait_s: float = 1.0, expect: int = 1) -> list[bytes]:  # fmt: skip
+async def udp_exchange(
+    data: bytes, target: tuple[str, int], *, source_ip: str = CARRIER_IP, wait_s: float = 1.0, expect: int = 1
+) -> list[bytes]:
     """Send one datagram from ``source_ip`` and collect up to ``expect`` replies."""
     loop = asyncio.get_running_loop()
     replies: asyncio.Queue[bytes] = asyncio.Queue()

@@ -7,54 +7,22 @@ answers -> 480 and an R8 notification, (d) R1 and R3 reach the right agent,
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from gateway.config import SipSettings
 from gateway.server import Gateway
 from tests import factories
-from tests.conftest import settings_for
-from tests.sipp_tools import CARRIER_IP, PHONE_IP, TRUNK_IP, free_port, start_sipp
+from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp
 
 NUMBER = "+15550140000"
 pytestmark = pytest.mark.timeout(120)
 
 
-def sip_settings(dsn: str, trunk_port: int):  # type: ignore[no-untyped-def]
-    s = settings_for(dsn)
-    return dataclasses.replace(
-        s,
-        sip=SipSettings(
-            host="127.0.0.1",
-            port=0,
-            trunk_cidrs=f"{CARRIER_IP}/32",
-            outbound_trunk=f"{TRUNK_IP}:{trunk_port}",
-        ),
-    )
-
-
-@pytest.fixture
-def trunk_port() -> int:
-    return free_port(TRUNK_IP)
-
-
-@pytest.fixture
-async def gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
-    gateway = Gateway(sip_settings(db_dsn, trunk_port))
-    await gateway.start()
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
-
-
-def sip_target(gw: Gateway) -> str:
-    assert gw.sip is not None
-    return f"127.0.0.1:{gw.sip.port}"
+def sip_target(sip_gw: Gateway) -> str:
+    assert sip_gw.sip is not None
+    return f"127.0.0.1:{sip_gw.sip.port}"
 
 
 async def phone(conn: asyncpg.Connection, user_id: int, port: int) -> None:
@@ -81,9 +49,9 @@ async def company_number(
     return number_id
 
 
-async def routable(gw: Gateway, number_id: int, *user_ids: int) -> None:
-    assert gw.keeper is not None
-    await gw.keeper.wait_until(
+async def routable(sip_gw: Gateway, number_id: int, *user_ids: int) -> None:
+    assert sip_gw.keeper is not None
+    await sip_gw.keeper.wait_until(
         lambda index: (
             index.number(NUMBER) is not None
             and index.number(NUMBER).id == number_id  # type: ignore[union-attr]
@@ -92,14 +60,14 @@ async def routable(gw: Gateway, number_id: int, *user_ids: int) -> None:
     )
 
 
-async def records(gw: Gateway, conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    assert gw.recorder is not None
-    assert await gw.recorder.drain(10)
+async def records(sip_gw: Gateway, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    assert sip_gw.recorder is not None
+    assert await sip_gw.recorder.drain(10)
     return await conn.fetch("SELECT * FROM call_records ORDER BY id")
 
 
 async def test_limit_of_50_refuses_the_rest_with_486_and_never_leaks(
-    gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """(a) R7: 60 simultaneous long calls -> 50 reach the agent, 10 get 486;
     afterwards 50 new calls all succeed."""
@@ -107,53 +75,69 @@ async def test_limit_of_50_refuses_the_rest_with_486_and_never_leaks(
     agent_port = free_port(PHONE_IP)
     await phone(conn, acct.agent_id, agent_port)
     number_id = await company_number(conn, acct, [acct.agent_id])
-    await routable(gw, number_id, acct.agent_id)
+    await routable(sip_gw, number_id, acct.agent_id)
 
     agent = await start_sipp("agent", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=agent_port, calls=50)
     carrier = await start_sipp(
-        "carrier", "uac_dialog.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(gw), service=NUMBER,
-        calls=60, rate=300, limit=60, pause_ms=3000,
-    )  # fmt: skip
+        "carrier",
+        "uac_dialog.xml",
+        tmp_path,
+        ip=CARRIER_IP,
+        remote=sip_target(sip_gw),
+        service=NUMBER,
+        calls=60,
+        rate=300,
+        limit=60,
+        pause_ms=3000,
+    )
     assert await carrier.wait(40) == 0, carrier.errors()
     assert await agent.wait(20) == 0, agent.errors()
     assert agent.counts()["SuccessfulCall"] == 50
-    rows = await records(gw, conn)
+    rows = await records(sip_gw, conn)
     assert sorted(r["disposition"] for r in rows).count("answered") == 50
     assert [r["disposition"] for r in rows].count("busy_limit") == 10
-    assert gw.slots.active(number_id) == 0
+    assert sip_gw.slots.active(number_id) == 0
 
     again = await start_sipp("agent2", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=agent_port, calls=50)
     carrier2 = await start_sipp(
-        "carrier2", "uac_dialog.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(gw), service=NUMBER,
-        calls=50, rate=300, limit=50, pause_ms=500,
-    )  # fmt: skip
+        "carrier2",
+        "uac_dialog.xml",
+        tmp_path,
+        ip=CARRIER_IP,
+        remote=sip_target(sip_gw),
+        service=NUMBER,
+        calls=50,
+        rate=300,
+        limit=50,
+        pause_ms=500,
+    )
     assert await carrier2.wait(40) == 0, carrier2.errors()
     assert await again.wait(20) == 0
     assert again.counts()["SuccessfulCall"] == 50
-    rows = await records(gw, conn)
+    rows = await records(sip_gw, conn)
     assert [r["disposition"] for r in rows].count("answered") == 100
-    assert gw.slots.total() == 0
+    assert sip_gw.slots.total() == 0
     usage = await conn.fetchval("SELECT count(*) FROM usage_ledger WHERE kind = 'call_minutes'")
     assert usage == 100  # R9: every answered call charged once, to the agent
 
 
 async def test_cancel_before_answer_frees_the_slot(
-    gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """(b) With a limit of 1, a CANCELled call leaves the slot free for the next."""
     acct = await factories.account(conn)
     port = free_port(PHONE_IP)
     await phone(conn, acct.agent_id, port)
     number_id = await company_number(conn, acct, [acct.agent_id], max_concurrent_calls=1)
-    await routable(gw, number_id, acct.agent_id)
+    await routable(sip_gw, number_id, acct.agent_id)
 
     ringing = await start_sipp("ringing", "uas_ring_only.xml", tmp_path, ip=PHONE_IP, port=port)
     caller = await start_sipp(
-        "cancel", "uac_cancel.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(gw), service=NUMBER
+        "cancel", "uac_cancel.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(sip_gw), service=NUMBER
     )
     assert await caller.wait(20) == 0, caller.errors()
     assert await ringing.wait(20) == 0, ringing.errors()  # it was CANCELled
-    assert gw.slots.active(number_id) == 0
+    assert sip_gw.slots.active(number_id) == 0
 
     answering = await start_sipp("answer", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=port)
     second = await start_sipp(
@@ -161,17 +145,17 @@ async def test_cancel_before_answer_frees_the_slot(
         "uac_dialog.xml",
         tmp_path,
         ip=CARRIER_IP,
-        remote=sip_target(gw),
+        remote=sip_target(sip_gw),
         service=NUMBER,
         pause_ms=200,
     )
     assert await second.wait(20) == 0, second.errors()
     assert await answering.wait(20) == 0
-    assert [r["disposition"] for r in await records(gw, conn)] == ["canceled", "answered"]
+    assert [r["disposition"] for r in await records(sip_gw, conn)] == ["canceled", "answered"]
 
 
 async def test_unanswered_unknown_caller_gets_480_and_a_notification(
-    gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """(c) The agent never answers: 480 after the step timeout, a call record
     with no_answer, and R8's notification carrying the number's source."""
@@ -181,29 +165,37 @@ async def test_unanswered_unknown_caller_gets_480_and_a_notification(
     number_id = await company_number(
         conn, acct, [acct.agent_id], unknown_step_timeout_s=1, source="Billboard", tag="elm-st"
     )
-    await routable(gw, number_id, acct.agent_id)
+    await routable(sip_gw, number_id, acct.agent_id)
 
     ringing = await start_sipp("ringing", "uas_ring_only.xml", tmp_path, ip=PHONE_IP, port=port)
     caller = await start_sipp(
-        "caller", "uac_unanswered.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(gw), service=NUMBER,
+        "caller",
+        "uac_unanswered.xml",
+        tmp_path,
+        ip=CARRIER_IP,
+        remote=sip_target(sip_gw),
+        service=NUMBER,
         rows=[["+15550199999"]],
-    )  # fmt: skip
+    )
     assert await caller.wait(10) == 0, caller.errors()
     assert await ringing.wait(10) == 0, ringing.errors()
-    (row,) = await records(gw, conn)
+    (row,) = await records(sip_gw, conn)
     assert row["disposition"] == "no_answer"
     assert row["targets_tried"] == [acct.agent_id]
     assert (row["ended_at"] - row["invited_at"]).total_seconds() < 3
     note = await conn.fetchrow("SELECT * FROM notifications")
     assert note["user_id"] == acct.agent_id
     assert (note["caller_e164"], note["source"], note["tag"], note["channel"]) == (
-        "+15550199999", "Billboard", "elm-st", "call",
-    )  # fmt: skip
-    assert gw.slots.total() == 0
+        "+15550199999",
+        "Billboard",
+        "elm-st",
+        "call",
+    )
+    assert sip_gw.slots.total() == 0
 
 
 async def test_existing_and_duplicate_leads_reach_the_right_agent(
-    gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """(d) R1: a lead's call reaches its primary agent's phone. R3: duplicates
     with different agents -> the newest lead's agent, timeline on that lead only."""
@@ -216,26 +208,38 @@ async def test_existing_and_duplicate_leads_reach_the_right_agent(
     lead = await factories.lead(conn, acct.id, first, "+15550170001")
     await factories.lead(conn, acct.id, first, "+15550170002")
     newest = await factories.lead(conn, acct.id, second, "+15550170002")
-    await routable(gw, number_id, *ports)
-    assert gw.keeper is not None
-    await gw.keeper.wait_until(lambda index: len(index.leads_for(acct.id, "+15550170002")) == 2)
+    await routable(sip_gw, number_id, *ports)
+    assert sip_gw.keeper is not None
+    await sip_gw.keeper.wait_until(lambda index: len(index.leads_for(acct.id, "+15550170002")) == 2)
 
     agent_first = await start_sipp("first", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=ports[first])
     caller = await start_sipp(
-        "lead", "uac_call.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(gw), service=NUMBER,
-        rows=[["+15550170001"]], pause_ms=200,
-    )  # fmt: skip
+        "lead",
+        "uac_call.xml",
+        tmp_path,
+        ip=CARRIER_IP,
+        remote=sip_target(sip_gw),
+        service=NUMBER,
+        rows=[["+15550170001"]],
+        pause_ms=200,
+    )
     assert await caller.wait(20) == 0, caller.errors()
     assert await agent_first.wait(20) == 0
 
     agent_second = await start_sipp("second", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=ports[second])
     dup = await start_sipp(
-        "dup", "uac_call.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(gw), service=NUMBER,
-        rows=[["+15550170002"]], pause_ms=200,
-    )  # fmt: skip
+        "dup",
+        "uac_call.xml",
+        tmp_path,
+        ip=CARRIER_IP,
+        remote=sip_target(sip_gw),
+        service=NUMBER,
+        rows=[["+15550170002"]],
+        pause_ms=200,
+    )
     assert await dup.wait(20) == 0, dup.errors()
     assert await agent_second.wait(20) == 0
-    rows = await records(gw, conn)
+    rows = await records(sip_gw, conn)
     assert [(r["answered_by"], r["disposition"]) for r in rows] == [(first, "answered"), (second, "answered")]
     timeline = await conn.fetch("SELECT lead_id, reason, disposition FROM timeline_events ORDER BY id")
     assert [tuple(t) for t in timeline] == [
@@ -245,7 +249,7 @@ async def test_existing_and_duplicate_leads_reach_the_right_agent(
 
 
 async def test_ring_all_first_answer_wins_and_the_others_are_cancelled(
-    gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """(e) R4 ring_all to three phones: one answers, the other two get CANCEL."""
     acct = await factories.account(conn)
@@ -254,7 +258,7 @@ async def test_ring_all_first_answer_wins_and_the_others_are_cancelled(
     for user, port in zip(users, ports, strict=True):
         await phone(conn, user, port)
     number_id = await company_number(conn, acct, users, unknown_route="ring_all")
-    await routable(gw, number_id, *users)
+    await routable(sip_gw, number_id, *users)
 
     winner = await start_sipp("winner", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=ports[1])
     losers = [
@@ -266,7 +270,7 @@ async def test_ring_all_first_answer_wins_and_the_others_are_cancelled(
         "uac_dialog.xml",
         tmp_path,
         ip=CARRIER_IP,
-        remote=sip_target(gw),
+        remote=sip_target(sip_gw),
         service=NUMBER,
         pause_ms=300,
     )
@@ -274,6 +278,6 @@ async def test_ring_all_first_answer_wins_and_the_others_are_cancelled(
     assert await winner.wait(20) == 0, winner.errors()
     for loser in losers:
         assert await loser.wait(20) == 0, loser.errors()
-    (row,) = await records(gw, conn)
+    (row,) = await records(sip_gw, conn)
     assert row["answered_by"] == users[1]
     assert sorted(row["targets_tried"]) == sorted(users)

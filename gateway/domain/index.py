@@ -61,6 +61,7 @@ class Number:
     tag: str | None
     max_concurrent_calls: int
     provider: str
+    bridge: bool = False  # R11: the account's bridge number for outbound caller ID
 
 
 @dataclass(frozen=True, slots=True)

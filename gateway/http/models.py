@@ -59,8 +59,10 @@ class NumberSettings(Strict):
     tag: str | None = Field(None, min_length=1, max_length=200)
     max_concurrent_calls: int | None = Field(None, ge=1, le=10_000, description="R7; default 50")
     provider: Literal["twilio", "telnyx", "sip"] | None = None
+    bridge: bool | None = Field(None, description="R11: the account's bridge number (one per account)")
 
     _not_null = not_null(
+        "bridge",
         "description",
         "unknown_route",
         "route_user_ids",

@@ -90,7 +90,13 @@ async def patch_number(request: web.Request) -> web.Response:
         users = route_users if route_users is not None else list(number.route_user_ids)
         if route == "user" and len(users) > 1:
             raise field_error("route_user_ids", "the user route rings exactly one user")
-        await update_columns(conn, "numbers", number_id, who.account_id, changes)
+        try:
+            async with conn.transaction():
+                await update_columns(conn, "numbers", number_id, who.account_id, changes)
+        except asyncpg.UniqueViolationError:
+            raise field_error("bridge", "the account already has a bridge number") from None
+        except asyncpg.CheckViolationError:
+            raise field_error("bridge", "a personal number cannot be the bridge number") from None
         if route_users is not None:
             await conn.execute("DELETE FROM number_route_targets WHERE number_id = $1", number_id)
             try:

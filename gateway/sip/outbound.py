@@ -85,7 +85,8 @@ async def outbound_call(server: SipServer, req: SipRequest, peer: Peer, credenti
             return
         numbers = await fetch_account_numbers(conn, user.account_id)
     choice = (req.headers.get_first("x-caller-id") or "").strip() or None
-    sender = choose_caller_id(user, numbers, choice)
+    bridge = next((n for n in numbers if n.bridge), None)
+    sender = choose_caller_id(user, numbers, choice, bridge)
     if sender.number is None:  # R11: same allow-list as R10
         return _forbid(server, req, peer, "caller_id", sender.why)
     number = sender.number

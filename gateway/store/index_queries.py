@@ -19,7 +19,8 @@ _NUMBERS = """
 SELECT n.id, n.account_id, n.e164, n.kind, n.owner_user_id, n.office_id, n.unknown_route,
        COALESCE((SELECT array_agg(t.user_id ORDER BY t.position)
                    FROM number_route_targets t WHERE t.number_id = n.id), '{}') AS route_user_ids,
-       n.unknown_step_timeout_s, n.source, n.tag, n.max_concurrent_calls, n.provider
+       n.unknown_step_timeout_s, n.source, n.tag, n.max_concurrent_calls, n.provider,
+       n.bridge
   FROM numbers n
 """
 
@@ -61,6 +62,7 @@ def number_from_row(row: asyncpg.Record) -> Number:
         tag=row["tag"],
         max_concurrent_calls=row["max_concurrent_calls"],
         provider=row["provider"],
+        bridge=row["bridge"],
     )
 
 
