@@ -26,6 +26,7 @@ from aiosipua import SipRequest, SipResponse
 
 from gateway.domain.call_slots import Slot
 from gateway.domain.calls import Disposition, Step, Target, carrier_status, disposition
+from gateway.sip.codec import encode
 from gateway.sip.dialog import DialogSide, next_hop
 from gateway.sip.transactions import T1, T2, TIMER_B, ClientTransaction
 from gateway.sip.transport import Peer
@@ -79,13 +80,27 @@ class Outcome:
 class Leg:
     """One agent leg: an INVITE we sent, and its dialog once it answers."""
 
-    __slots__ = ("call_id", "dialog", "from_header", "invite", "peer", "state", "step", "target", "tx")
+    __slots__ = (
+        "ack",
+        "call_id",
+        "dialog",
+        "from_header",
+        "invite",
+        "peer",
+        "state",
+        "step",
+        "tag",
+        "target",
+        "tx",
+    )
 
     def __init__(self, target: Target, step: int, uri: str, peer: Peer) -> None:
         self.target = target
         self.step = step
         self.call_id = new_call_id()
         self.from_header = ""
+        self.tag = new_tag()
+        self.ack: tuple[bytes, Peer] | None = None  # our last ACK, repeated for a retransmitted final
         self.peer = peer
         self.state = "calling"  # calling -> early -> answered | done
         self.invite: SipRequest | None = None
@@ -177,8 +192,7 @@ class Call:
         leg = Leg(target, self.step, uri, Peer("udp", hop[0], hop[1]))
         if target.user_id is not None:
             self.outcome.targets_tried.append(target.user_id)
-        tag = new_tag()
-        leg.from_header = f"<sip:{self.b_from_user}@{self.host.via_host}>;tag={tag}"
+        leg.from_header = f"<sip:{self.b_from_user}@{self.host.via_host}>;tag={leg.tag}"
         inv = SipRequest(method="INVITE", uri=uri)
         h = inv.headers
         h.append("Via", f"SIP/2.0/UDP {self.host.via_host};branch={new_branch()};rport")
@@ -196,7 +210,7 @@ class Call:
             inv.body = self.invite.body
         leg.invite = inv
         self.legs.append(leg)
-        self.host.bind_dialog(leg.call_id, tag, self, leg)
+        self.host.bind_dialog(leg.call_id, leg.tag, self, leg)
         leg.tx = ClientTransaction(
             self.host, inv, leg.peer, partial(self._leg_response, leg), partial(self._leg_timed_out, leg)
         )
@@ -277,7 +291,9 @@ class Call:
                 peer=next_hop(routes, target, leg.peer),
                 contact=self.host.contact,
             )
-        self._send_b(leg, leg.dialog.request("ACK", self.host.via_host, cseq=1))
+        ack = encode(leg.dialog.request("ACK", self.host.via_host, cseq=1))
+        leg.ack = (ack, leg.dialog.peer)
+        self.host.send_raw(ack, leg.dialog.peer, "ACK", None)
         if leg.state == "answered":
             return  # a retransmitted 200: it is ACKed again, nothing else
         if self.state != "ringing":  # a second answer, or one after the caller left: hang it up
@@ -314,7 +330,9 @@ class Call:
         h.append("To", resp.headers.get_first("to") or "")
         h.append("Call-ID", leg.call_id)
         h.append("CSeq", "1 ACK")
-        self.host.send(ack, leg.peer)
+        data = encode(ack)
+        leg.ack = (data, leg.peer)
+        self.host.send_raw(data, leg.peer, "ACK", None)
 
     # -- the caller's side --------------------------------------------------------
 
@@ -330,7 +348,7 @@ class Call:
             body=body,
             content_type=content_type,
         )
-        data = bytes(resp)
+        data = encode(resp)
         self.last_a_response = data
         self.host.send_raw(data, self.peer, "INVITE", code)
         if code == 200 and self.peer.transport == "udp":
@@ -345,7 +363,7 @@ class Call:
         self._timers.append(self.host.loop.call_later(self._ok_interval, self._retransmit_ok))
 
     def _final_to_a(self, code: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        data = bytes(response(self.invite, code, reason, to_tag=self.a_tag, headers=headers))
+        data = encode(response(self.invite, code, reason, to_tag=self.a_tag, headers=headers))
         self.last_a_response = data
         self.host.send_raw(data, self.peer, "INVITE", code)
 
@@ -394,7 +412,7 @@ class Call:
         dialog.last_remote_cseq = seq
         if method == "BYE":
             ok = response(req, 200, "OK")
-            dialog.pending[seq] = bytes(ok)
+            dialog.pending[seq] = encode(ok)
             self.host.send(ok, peer)
             self._send_side(other, "BYE")
             self._end("answered")
@@ -429,7 +447,7 @@ class Call:
                 body=resp.body,
                 content_type=resp.headers.get_first("content-type"),
             )
-            data = bytes(back)
+            data = encode(back)
             if resp.status_code >= 200:
                 dialog.pending[seq] = data
             self.host.send_raw(data, peer, req.method, resp.status_code)
@@ -490,6 +508,17 @@ class Call:
         self._timers.clear()
         if self._step_timer is not None:
             self._step_timer.cancel()
+        for leg in self.legs:
+            if leg.tx is not None and leg.ack is not None:
+                # Finished legs only repeat their ACK from now on; dropping the
+                # reference to this call keeps ended calls cheap for the GC.
+                leg.tx.on_response = partial(_repeat_ack, self.host, leg.ack)
+                leg.tx.on_timeout = None
         self.outcome.ended_at = time.time()
         self.outcome.disposition = disp
         self.on_end(self)
+
+
+def _repeat_ack(host: Host, ack: tuple[bytes, Peer], resp: SipResponse) -> None:
+    if resp.status_code >= 200:
+        host.send_raw(ack[0], ack[1], "ACK", None)

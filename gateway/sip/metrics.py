@@ -44,6 +44,7 @@ class SipMetrics:
         r = registry
         self._per_number_limit = per_number_limit
         self._labelled_numbers: set[int] = set()
+        self._message_children: dict[tuple[str, str, int], Counter] = {}
         self.active_calls = Gauge("gateway_sip_active_calls", "Inbound calls in progress (R7)", registry=r)
         self.active_calls.set_function(slots.total)
         r.register(_BusiestNumbers(slots, per_number_limit))
@@ -89,9 +90,16 @@ class SipMetrics:
         )
 
     def count_message(self, direction: str, method: str, status: int | None) -> None:
-        known = method if method in KNOWN_METHODS else "other"
-        kind = "request" if status is None else f"{status // 100}xx"
-        self.messages.labels(direction, known, kind).inc()
+        """Two dict lookups and an add: the labelled child is looked up once."""
+        key = (direction, method, status // 100 if status is not None else 0)
+        child = self._message_children.get(key)
+        if child is None:
+            known = method if method in KNOWN_METHODS else "other"
+            kind = "request" if status is None else f"{status // 100}xx"
+            child = self.messages.labels(direction, known, kind)
+            if len(self._message_children) < 1000:  # bounded even for hostile method names
+                self._message_children[key] = child
+        child.inc()
 
     def count_limit_rejection(self, number_id: int) -> None:
         if number_id not in self._labelled_numbers and len(self._labelled_numbers) < self._per_number_limit:

@@ -30,6 +30,7 @@ from gateway.config import SipSettings, host_port, trunk_networks
 from gateway.domain.call_slots import CallSlots
 from gateway.domain.index import Index
 from gateway.sip.call import Call
+from gateway.sip.codec import encode
 from gateway.sip.digest import DigestAuthority
 from gateway.sip.inbound import inbound_call
 from gateway.sip.metrics import SipMetrics
@@ -41,6 +42,7 @@ from gateway.sip.wire import ALLOW, KNOWN_UNSUPPORTED, cseq_method, problems, re
 from gateway.store.calls import CallRecorder
 
 log = logging.getLogger(__name__)
+ENDED = None  # a dialog's tombstone: the call is over
 RESPONSE_CACHE = 50_000
 
 
@@ -78,7 +80,7 @@ class SipServer:
         self.draining = False
         self.calls: set[Call] = set()
         self._clients: dict[str, ClientTransaction] = {}
-        self._dialogs: dict[tuple[str, str], tuple[Call, object]] = {}
+        self._dialogs: dict[tuple[str, str], tuple[Call, object] | None] = {}
         self._ringing: dict[tuple[str, str], Call] = {}
         self._answered: OrderedDict[tuple[str, str, str], tuple[float, Call | bytes]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -118,8 +120,8 @@ class SipServer:
 
     def send(self, message: SipRequest | SipResponse, peer: Peer) -> bool:
         if isinstance(message, SipResponse):
-            return self.send_raw(bytes(message), peer, cseq_method(message), message.status_code)
-        return self.send_raw(bytes(message), peer, message.method, None)
+            return self.send_raw(encode(message), peer, cseq_method(message), message.status_code)
+        return self.send_raw(encode(message), peer, message.method, None)
 
     def send_raw(self, data: bytes, peer: Peer, method: str, status: int | None) -> bool:
         self.metrics.count_message("out", method, status)
@@ -174,7 +176,7 @@ class SipServer:
         """A final answer outside any call, remembered so a retransmission of the
         request gets the same answer without being processed again."""
         resp = response(request, status, reason, to_tag=secrets.token_hex(4), headers=headers)
-        data = bytes(resp)
+        data = encode(resp)
         if cache:
             self._remember(request, data)
         self.send_raw(data, peer, request.method, status)
@@ -182,6 +184,7 @@ class SipServer:
     def _remember(self, request: SipRequest, what: Call | bytes) -> None:
         key = (request.headers.get_first("call-id") or "", top_branch(request), request.method)
         now = time.monotonic()
+        self._answered.pop(key, None)  # re-inserted at the end, so the oldest stay first
         self._answered[key] = (now, what)
         while self._answered:
             first_key, (at, _) = next(iter(self._answered.items()))
@@ -207,17 +210,24 @@ class SipServer:
         self._remember(request, call)
 
     def call_ended(self, call: Call) -> None:
+        """The call is over: keep only tombstones of its dialogs and its last
+        answer for the linger time (retransmitted BYEs and INVITEs), not the call."""
         self.calls.discard(call)
         if not self.calls:
             self._idle.set()
-        self._ringing.pop((call.invite.headers.get_first("call-id") or "", top_branch(call.invite)), None)
-        self.loop.call_later(LINGER_S, self._forget_dialogs, call)
-
-    def _forget_dialogs(self, call: Call) -> None:
+        call_id = call.invite.headers.get_first("call-id") or ""
+        self._ringing.pop((call_id, top_branch(call.invite)), None)
+        self._remember(call.invite, call.last_a_response or b"")
+        keys = [(leg.call_id, leg.tag) for leg in call.legs]
         if call.a_dialog is not None:
-            self._dialogs.pop((call.a_dialog.call_id, call.a_tag), None)
-        for leg in call.legs:
-            self._dialogs.pop((leg.call_id, tag_of(leg.from_header) or ""), None)
+            keys.append((call.a_dialog.call_id, call.a_tag))
+        for key in keys:
+            self._dialogs[key] = ENDED
+        self.loop.call_later(LINGER_S, self._forget_dialogs, keys)
+
+    def _forget_dialogs(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            self._dialogs.pop(key, None)
 
     # -- input -----------------------------------------------------------------------
 
@@ -257,10 +267,16 @@ class SipServer:
                 call.on_cancel(req)
             return
         if to_tag is not None:
-            found = self._dialogs.get((call_id, to_tag))
-            if found is not None:
+            if (call_id, to_tag) not in self._dialogs:
+                if method != "ACK":  # an ACK for a stateless final, or for a forgotten call
+                    self.reply(req, peer, 481, "Call/Transaction Does Not Exist", cache=False)
+                return
+            found = self._dialogs[(call_id, to_tag)]
+            if found is not ENDED:
                 found[0].on_request(found[1], req, peer)
-            elif method != "ACK":  # an ACK for a stateless final, or for a forgotten call
+            elif method == "BYE":  # a retransmission of the BYE that ended it
+                self.reply(req, peer, 200, "OK", cache=False)
+            elif method != "ACK":
                 self.reply(req, peer, 481, "Call/Transaction Does Not Exist", cache=False)
             return
         if method == "ACK":

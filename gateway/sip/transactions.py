@@ -17,6 +17,7 @@ from typing import Protocol
 
 from aiosipua import SipRequest, SipResponse
 
+from gateway.sip.codec import encode
 from gateway.sip.transport import Peer
 from gateway.sip.wire import top_branch
 
@@ -73,7 +74,7 @@ class ClientTransaction:
         self.on_timeout = on_timeout
         self.provisional = False
         self.done = False
-        self._data = bytes(request)
+        self._data = encode(request)
         self._interval = T1
         loop = owner.loop
         self._handles = [loop.call_later(timeout_s, self._expire)]

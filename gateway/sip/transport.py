@@ -20,7 +20,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from aiosipua import SipMessage, SipRequest, SipResponse
+from aiosipua import SipRequest, SipResponse
+
+from gateway.sip.codec import encode, parse
 
 log = logging.getLogger(__name__)
 # aiosipua logs every mis-sized body at WARNING; hostile peers would flood the log.
@@ -87,7 +89,7 @@ class SipTransports:
     def send(self, message: SipRequest | SipResponse, peer: Peer) -> bool:
         """Queue ``message`` for ``peer``; False when it cannot be sent (no TCP
         connection to that peer any more, or the socket is closed). Never blocks."""
-        return self.send_bytes(bytes(message), peer)
+        return self.send_bytes(encode(message), peer)
 
     def send_bytes(self, data: bytes, peer: Peer) -> bool:
         if peer.transport == "tcp":
@@ -112,7 +114,7 @@ class SipTransports:
             self._on_malformed(peer)
             return
         try:
-            message = SipMessage.parse(data)
+            message = parse(data)
         except Exception:
             self._on_malformed(peer)
             return

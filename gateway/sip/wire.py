@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 from aiosipua import SipRequest, SipResponse, parse_address, parse_uri
@@ -153,6 +154,13 @@ def user_e164(uri_or_header: str | None) -> str | None:
         user = rest.split("@", 1)[0].split(";", 1)[0]
     else:
         return None
+    return _e164_of_user(user)
+
+
+@functools.lru_cache(maxsize=65536)
+def _e164_of_user(user: str) -> str | None:
+    """Cached: carriers repeat the same numbers, and phonenumbers costs tens
+    of microseconds a call."""
     user = user.replace("%2B", "+").replace("%2b", "+")
     if user.startswith("+"):
         return to_e164(user)

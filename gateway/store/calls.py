@@ -54,58 +54,63 @@ async def write_call(conn: Conn, rec: CallRecord) -> int | None:
     """Store one finished call and its effects in one transaction. Returns the
     new record's id, or None when it was already stored. 2-5 round trips."""
     async with conn.transaction():
-        record_id: int | None = await conn.fetchval(
-            "INSERT INTO call_records (account_id, number_id, sip_call_id, direction, caller_e164,"
-            " callee_e164, targets_tried, answered_by, invited_at, answered_at, ended_at, disposition)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            " ON CONFLICT (sip_call_id, direction) DO NOTHING RETURNING id",
-            rec.number.account_id,
-            rec.number.id,
-            rec.sip_call_id,
-            rec.direction,
-            rec.caller,
-            rec.callee,
-            list(rec.targets_tried),
-            rec.answered_by,
-            rec.invited_at,
-            rec.answered_at,
-            rec.ended_at,
-            rec.disposition,
-        )
-        if record_id is None:
-            return None
-        answered = rec.answered_at is not None and rec.answered_by is not None
-        duration = int((rec.ended_at - rec.answered_at).total_seconds()) if rec.answered_at else None
-        key = f"call:{rec.direction}:{rec.sip_call_id}"
-        event = InboundEvent(
-            number=rec.number,
-            channel="call",
-            caller=rec.caller if rec.direction == "inbound" else rec.callee,
+        return await _write_call(conn, rec)
+
+
+async def _write_call(conn: Conn, rec: CallRecord) -> int | None:
+    """:func:`write_call` inside the caller's transaction."""
+    record_id: int | None = await conn.fetchval(
+        "INSERT INTO call_records (account_id, number_id, sip_call_id, direction, caller_e164,"
+        " callee_e164, targets_tried, answered_by, invited_at, answered_at, ended_at, disposition)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " ON CONFLICT (sip_call_id, direction) DO NOTHING RETURNING id",
+        rec.number.account_id,
+        rec.number.id,
+        rec.sip_call_id,
+        rec.direction,
+        rec.caller,
+        rec.callee,
+        list(rec.targets_tried),
+        rec.answered_by,
+        rec.invited_at,
+        rec.answered_at,
+        rec.ended_at,
+        rec.disposition,
+    )
+    if record_id is None:
+        return None
+    answered = rec.answered_at is not None and rec.answered_by is not None
+    duration = int((rec.ended_at - rec.answered_at).total_seconds()) if rec.answered_at else None
+    key = f"call:{rec.direction}:{rec.sip_call_id}"
+    event = InboundEvent(
+        number=rec.number,
+        channel="call",
+        caller=rec.caller if rec.direction == "inbound" else rec.callee,
+        event_key=key,
+        occurred_at=rec.invited_at,
+        agent_id=rec.answered_by,
+        ended_at=rec.ended_at,
+        duration_s=duration,
+        disposition="answered" if answered else "missed",
+        call_record_id=record_id,
+        direction=rec.direction,
+    )
+    if rec.decision is not None:
+        await record_timeline(conn, event, rec.decision)
+        if rec.direction == "inbound" and rec.disposition in NOTIFY_ON and rec.caller.startswith("+"):
+            await raise_unknown_caller_notifications(conn, event, rec.decision)
+    if answered and rec.answered_by is not None and rec.answered_at is not None:
+        await record_usage(
+            conn,
+            account_id=rec.number.account_id,
+            user_id=rec.answered_by,
+            kind="call_minutes",
+            quantity=billable_minutes(rec.answered_at, rec.ended_at),
+            at=rec.ended_at,
+            number_id=rec.number.id,
             event_key=key,
-            occurred_at=rec.invited_at,
-            agent_id=rec.answered_by,
-            ended_at=rec.ended_at,
-            duration_s=duration,
-            disposition="answered" if answered else "missed",
             call_record_id=record_id,
-            direction=rec.direction,
         )
-        if rec.decision is not None:
-            await record_timeline(conn, event, rec.decision)
-            if rec.direction == "inbound" and rec.disposition in NOTIFY_ON and rec.caller.startswith("+"):
-                await raise_unknown_caller_notifications(conn, event, rec.decision)
-        if answered and rec.answered_by is not None and rec.answered_at is not None:
-            await record_usage(
-                conn,
-                account_id=rec.number.account_id,
-                user_id=rec.answered_by,
-                kind="call_minutes",
-                quantity=billable_minutes(rec.answered_at, rec.ended_at),
-                at=rec.ended_at,
-                number_id=rec.number.id,
-                event_key=key,
-                call_record_id=record_id,
-            )
     return record_id
 
 
@@ -172,9 +177,9 @@ class CallRecorder:
     async def _write(self, batch: list[CallRecord]) -> None:
         async with self._pool.acquire() as conn:
             try:
-                async with conn.transaction():
+                async with conn.transaction():  # one commit for the batch, no savepoints
                     for rec in batch:
-                        await write_call(conn, rec)
+                        await _write_call(conn, rec)
                 self.written += len(batch)
                 return
             except asyncpg.PostgresError as exc:
