@@ -59,6 +59,17 @@ class SipSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    failures_per_s: float = 1.0
+    failure_burst: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    dir: str = "var/outbox"
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     url: str = ""
     embedded_dir: str = "var/pg"
@@ -111,6 +122,8 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
@@ -257,6 +270,8 @@ def _validate(s: Settings) -> None:
         "outbound.timeout_s": s.outbound.timeout_s,
         "outbound.max_attempts": s.outbound.max_attempts,
         "index.reconnect_max_backoff_s": s.index.reconnect_max_backoff_s,
+        "limits.failures_per_s": s.limits.failures_per_s,
+        "limits.failure_burst": s.limits.failure_burst,
     }
     for key, number in positive.items():
         if number <= 0:

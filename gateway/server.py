@@ -19,17 +19,18 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.domain.call_slots import CallSlots
+from gateway.domain.rate_limit import FailureLimiter
 from gateway.http.app import build_app
 from gateway.metrics import Metrics
 from gateway.providers import Providers
 from gateway.sip.metrics import SipMetrics
 from gateway.sip.server import SipServer
 from gateway.store import demo
-from gateway.store.calls import CallRecorder
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.events import EventHub
 from gateway.store.index_keeper import IndexKeeper
 from gateway.store.migrations import migrate
+from gateway.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Gateway:
         self.event_hub: EventHub | None = None
         self.http_port: int | None = None
         self.slots = CallSlots()
-        self.recorder: CallRecorder | None = None
+        self.recorder: Outbox | None = None
         self.sip: SipServer | None = None
 
     async def start(self) -> None:
@@ -86,6 +87,10 @@ class Gateway:
                     print(line, flush=True)
             # Listen only once the demo can be routed.
             await self.keeper.wait_until(demo.routable, limit_s=10)
+        self.recorder = Outbox(pool, Path(self.settings.outbox.dir), lambda: keeper.index)
+        replayed = await self.recorder.start()
+        if replayed:
+            log.warning("replaying %d outbox entries from the previous run", replayed)
         app = build_app(
             self.metrics,
             self.readiness,
@@ -99,6 +104,8 @@ class Gateway:
             telnyx_public_key=self.settings.telnyx.public_key,
             providers=self.providers,
             event_hub=self.event_hub,
+            outbox=self.recorder,
+            limiter=FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
         )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None
@@ -108,8 +115,6 @@ class Gateway:
         await site.start()
         self.http_port = self._bound_port()
         log.info("HTTP listening on %s:%s", self.settings.http.host, self.http_port)
-        self.recorder = CallRecorder(pool)
-        self.recorder.start()
         self.sip = SipServer(
             self.settings.sip,
             lambda: keeper.index,
@@ -118,6 +123,7 @@ class Gateway:
             self.slots,
             self.recorder,
             self.metrics.texts_received,
+            FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
         )
         await self.sip.start()
         log.info("SIP listening on %s:%s (UDP and TCP)", self.settings.sip.host, self.sip.port)
@@ -163,14 +169,26 @@ class Gateway:
                 "index_age_seconds": round(keeper.age_s(), 3) if keeper.loaded_at else None,
                 "index_lead_phones": size.lead_phones,
                 "index_numbers": size.numbers,
+                "outbox_backlog": self.recorder.backlog() if self.recorder is not None else 0,
+                "active_calls": self.slots.total(),
             }
         if self.pool is None or keeper is None:
             return False, {**detail, "reason": "starting"}
+        if self.sip is not None and self.sip.draining:
+            return False, {**detail, "reason": "draining: shutting down, calls in progress may finish"}
         try:
             async with asyncio.timeout(self.settings.database.connect_timeout_s):
                 await self.pool.fetchval("SELECT 1")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            return False, {**detail, "reason": f"database unreachable: {type(exc).__name__}"}
+            reason = f"database unreachable: {type(exc).__name__}"
+            if keeper.loaded_at and self.recorder is not None:  # issue 7: serve from the snapshot
+                backlog = self.recorder.backlog()
+                return True, {
+                    **detail,
+                    "status": "degraded",
+                    "reason": f"{reason}; routing from the index snapshot, {backlog} writes in the outbox",
+                }
+            return False, {**detail, "reason": reason}
         if not keeper.ready:
             return False, {**detail, "reason": keeper.last_error or "index not ready"}
         return True, detail

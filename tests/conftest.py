@@ -15,7 +15,14 @@ import asyncpg
 import pytest
 import uvloop
 
-from gateway.config import DatabaseSettings, HttpSettings, IndexSettings, Settings, SipSettings
+from gateway.config import (
+    DatabaseSettings,
+    HttpSettings,
+    IndexSettings,
+    OutboxSettings,
+    Settings,
+    SipSettings,
+)
 from gateway.server import Gateway
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
@@ -116,6 +123,7 @@ def settings_for(dsn: str) -> Settings:
         Settings(),
         http=HttpSettings(host="127.0.0.1", port=0),
         sip=SipSettings(host="127.0.0.1", port=0),
+        outbox=OutboxSettings(dir=tempfile.mkdtemp(prefix="gw-outbox-")),
         database=DatabaseSettings(url=dsn, connect_timeout_s=2.0),
         index=IndexSettings(reconnect_max_backoff_s=0.5),
     )

@@ -40,6 +40,7 @@ def test_no_generated_request_gets_a_server_error(db_dsn: str, tmp_path: Path) -
         "GATEWAY_HTTP_HOST": "127.0.0.1",
         "GATEWAY_HTTP_PORT": "0",
         "GATEWAY_SIP_PORT": "0",
+        "GATEWAY_OUTBOX_DIR": str(tmp_path / "outbox"),
         "GATEWAY_LOG_LEVEL": "warning",
         # Configured as in production, so webhooks answer 403 to fuzzed signatures rather than 503.
         "GATEWAY_TWILIO_AUTH_TOKEN": "fuzz-token",

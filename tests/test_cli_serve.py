@@ -53,6 +53,7 @@ def _serve_and_stop(tmp_path: Path) -> None:
         "GATEWAY_HTTP_HOST": "127.0.0.1",
         "GATEWAY_HTTP_PORT": "0",
         "GATEWAY_SIP_PORT": "0",
+        "GATEWAY_OUTBOX_DIR": str(tmp_path / "outbox"),
         "GATEWAY_DATABASE_EMBEDDED_DIR": str(tmp_path / "pg"),
     }
     env.pop("GATEWAY_DATABASE_URL", None)

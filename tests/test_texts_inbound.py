@@ -10,6 +10,7 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
@@ -282,32 +283,43 @@ async def test_telnyx_inbound(gw: Gateway, conn: asyncpg.Connection) -> None:
     assert await conn.fetchval("SELECT count(*) FROM messages") == 1
 
 
-async def test_503_while_the_database_is_down_then_stored_on_redelivery(
+async def test_database_down_text_is_acknowledged_from_the_outbox_and_stored_once(
     private_cluster: EmbeddedPostgres,
 ) -> None:
+    """Issue 7: with Postgres away the text is acknowledged once durable in the
+    outbox, stored when the database returns, and a redelivery meanwhile
+    changes nothing. With neither database nor outbox: 503, so Twilio redelivers."""
     setup_conn = await asyncpg.connect(private_cluster.dsn)
     await migrate(setup_conn)
-    gateway = Gateway(text_settings(private_cluster.dsn))
+    settings = text_settings(private_cluster.dsn)
+    gateway = Gateway(settings)
     await gateway.start()
     try:
         await setup(setup_conn, gateway)
         await setup_conn.close()
         await asyncio.to_thread(private_cluster.stop_server)
-        status, _ = await twilio_post(gateway, twilio_params("SM-down"))
-        assert status == 503  # not acknowledged: Twilio will redeliver
+        status, body = await twilio_post(gateway, twilio_params("SM-down"))
+        assert status == 200 and body.endswith("<Response/>")
+        assert (await twilio_post(gateway, twilio_params("SM-down")))[0] == 200  # a redelivery
+
+        journal = Path(settings.outbox.dir) / "outbox.jsonl"
+        journal.rename(journal.with_suffix(".saved"))
+        journal.mkdir()  # unwritable even for root
+        try:
+            assert (await twilio_post(gateway, twilio_params("SM-nowhere")))[0] == 503
+        finally:
+            journal.rmdir()
+            journal.with_suffix(".saved").rename(journal)
+
         await asyncio.to_thread(private_cluster.start_server)
-        for _ in range(50):
-            status, _ = await twilio_post(gateway, twilio_params("SM-down"))
-            if status == 200:
-                break
-            await asyncio.sleep(0.2)
-        assert status == 200
+        assert gateway.recorder is not None and await gateway.recorder.drain(20)
         check = await asyncpg.connect(private_cluster.dsn)
         try:
             assert (
                 await check.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = 'SM-down'")
                 == 1
             )
+            assert await check.fetchval("SELECT count(*) FROM usage_ledger") == 1
         finally:
             await check.close()
     finally:

@@ -8,14 +8,17 @@ import asyncpg
 from aiohttp import web
 
 from gateway.domain.index import Index
+from gateway.domain.rate_limit import FailureLimiter
 from gateway.http import admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks
 from gateway.http.auth import POOL, auth_middleware
+from gateway.http.limits import LIMITER, MAX_BODY, limit_failures, refuse_oversized
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
 from gateway.metrics import Metrics
 from gateway.providers import Providers
 from gateway.store import purchases
 from gateway.store.events import EventHub
+from gateway.store.outbox import Outbox
 
 # Imported for their @API.op registrations.
 _REGISTERED = (admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks)
@@ -35,6 +38,8 @@ def build_app(
     telnyx_public_key: str,
     providers: Providers,
     event_hub: EventHub,
+    outbox: Outbox,
+    limiter: FailureLimiter,
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -46,7 +51,8 @@ def build_app(
         return response
 
     app = web.Application(
-        middlewares=[count_requests, problem_middleware, auth_middleware], client_max_size=max_body_bytes
+        middlewares=[count_requests, refuse_oversized, limit_failures, problem_middleware, auth_middleware],
+        client_max_size=max_body_bytes,
     )
     app[ops.METRICS] = metrics
     app[ops.READINESS] = readiness
@@ -59,6 +65,9 @@ def build_app(
     app[webhooks.TELNYX_KEY] = telnyx_public_key
     app[messages_api.PROVIDERS] = providers
     app[events_api.HUB] = event_hub
+    app[webhooks.OUTBOX] = outbox
+    app[LIMITER] = limiter
+    app[MAX_BODY] = max_body_bytes
     app[numbers_api.INVENTORY] = purchases.LocalInventory()
     API.mount(app)
     return app

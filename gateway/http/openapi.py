@@ -103,6 +103,7 @@ class Api:
             statuses = set(op.errors) | ({400, 422} if op.body or op.query else set())
             statuses |= {415} if op.body else set()
             statuses |= set() if op.public else {401}
+            statuses |= {429} if op.path.startswith("/v1/") else set()  # failures throttled per source
             for status in sorted(statuses):
                 entry["responses"][str(status)] = {
                     "description": "problem",

@@ -26,11 +26,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 @API.op("GET", "/readyz", "Database reachable and routing index loaded", public=True, errors=(503,))
 async def readyz(request: web.Request) -> web.Response:
-    """200 when the database answers and the index is loaded and following
-    changes; else 503 with the reason. Costs one ``SELECT 1``."""
+    """200 ``ready`` when the database answers and the index is loaded and
+    following changes; 200 ``degraded`` with the reason while the database is
+    away but calls still route from the index snapshot and writes wait in the
+    outbox (so a load balancer keeps sending traffic); else 503 with the reason.
+    Costs one ``SELECT 1``."""
     ok, detail = await request.app[READINESS]()
     if ok:
-        return web.json_response({"status": "ready", **detail})
+        return web.json_response({"status": detail.pop("status", "ready"), **detail})
     return problem(503, "Service Unavailable", str(detail.get("reason", "not ready")), **detail)
 
 

@@ -29,6 +29,7 @@ from gateway.http.validation import field_error
 from gateway.providers import map_status
 from gateway.store import texts
 from gateway.store.outbound import update_status
+from gateway.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ TWILIO_TOKEN: web.AppKey[str] = web.AppKey("twilio_token", str)
 TELNYX_KEY: web.AppKey[str] = web.AppKey("telnyx_key", str)
 PUBLIC_BASE_URL: web.AppKey[str] = web.AppKey("public_base_url", str)
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
+ACQUIRE_TIMEOUT_S = 1.5  # Telnyx wants an answer within 2 s
 _DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -63,15 +66,21 @@ def _phone(value: Any, field: str) -> str:
 async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accepted | web.Response:
     metrics = request.app[METRICS]
     try:
-        async with request.app[POOL].acquire() as conn:
+        async with request.app[POOL].acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             accepted = await texts.accept(conn, request.app[INDEX](), text)
     except texts.UnknownNumber:
         metrics.texts_received.labels(provider=text.provider, outcome="unknown_number").inc()
         return not_found(f"number {text.to_e164} on this gateway")
     except _DB_DOWN as exc:
-        metrics.texts_received.labels(provider=text.provider, outcome="db_unavailable").inc()
-        log.warning("text %s not stored, asking for redelivery: %s", text.provider_message_id, exc)
-        return _redeliver("the text could not be stored; redeliver it")
+        # The database is away: acknowledge once the text is durable in the outbox (issue 7).
+        try:
+            await request.app[OUTBOX].add_text(text)
+        except OSError as disk:
+            metrics.texts_received.labels(provider=text.provider, outcome="db_unavailable").inc()
+            log.warning("text %s not stored (%s; outbox: %s)", text.provider_message_id, exc, disk)
+            return _redeliver("the text could not be stored; redeliver it")
+        metrics.texts_received.labels(provider=text.provider, outcome="queued").inc()
+        return texts.Accepted(0, duplicate=False, reason="queued")
     outcome = "duplicate" if accepted.duplicate else ("routed" if accepted.recipients else "no_target")
     metrics.texts_received.labels(provider=text.provider, outcome=outcome).inc()
     return accepted

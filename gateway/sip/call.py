@@ -146,6 +146,7 @@ class Call:
         self._provisional_seen = False
         self._ok_interval = T1
         self._ok: bytes = b""
+        self.final_reply: tuple[bytes, Peer] | None = None
 
     # -- starting and ringing -------------------------------------------------
 
@@ -411,10 +412,11 @@ class Call:
             return  # a retransmission still being relayed
         dialog.last_remote_cseq = seq
         if method == "BYE":
-            ok = response(req, 200, "OK")
-            dialog.pending[seq] = encode(ok)
-            self.host.send(ok, peer)
+            ok = encode(response(req, 200, "OK"))
+            dialog.pending[seq] = ok
             self._send_side(other, "BYE")
+            # The 200 leaves once the call's record is durable (the outbox's fsync).
+            self.final_reply = (ok, peer)
             self._end("answered")
             return
         self._relay(req, peer, dialog, other)
@@ -472,6 +474,12 @@ class Call:
             self.host.send(req, peer)
 
     # -- endings ---------------------------------------------------------------------------
+
+    def send_final_reply(self) -> None:
+        """Send the answer held back until the call's record was durable."""
+        reply, self.final_reply = self.final_reply, None
+        if reply is not None:
+            self.host.send_raw(reply[0], reply[1], "BYE", 200)
 
     def _ack_timed_out(self) -> None:
         if self.state == "answered":  # Timer H: the caller never ACKed our 200

@@ -4,7 +4,6 @@ slot, the routing decision (R1-R6) and the B2BUA call that rings the agents."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ from gateway.domain.index import Number
 from gateway.domain.routing import Decision, route
 from gateway.sip.call import Call, Outcome
 from gateway.sip.transport import Peer
-from gateway.sip.wire import response, user_e164
+from gateway.sip.wire import response, user_e164, utc
 from gateway.store.calls import CallRecord
 from gateway.store.crm import decide
 
@@ -57,15 +56,15 @@ def inbound_call(server: SipServer, req: SipRequest, peer: Peer) -> None:
                 ("Reason", 'SIP;cause=486;text="Concurrent call limit reached"'),
             ),
         )
-        now = _at(time.time())
-        server.recorder.add(
+        now = utc(time.time())
+        server.recorder.add_call(
             CallRecord(
                 sip_call_id=req.headers.get_first("call-id") or "",
                 direction="inbound",
                 number=number,
                 caller=caller or "anonymous",
                 callee=number.e164,
-                invited_at=_at(invited_at),
+                invited_at=utc(invited_at),
                 ended_at=now,
                 disposition="busy_limit",
                 decision=decision,
@@ -119,33 +118,7 @@ def _ring(
         slot=slot,
         b_from_user=caller or "anonymous",
         max_call_s=server.settings.max_call_s,
-        on_end=partial(_ended, server, number, decision),
+        on_end=partial(server.finish_call, number, decision),
     )
     server.track(call, req)
     call.start()
-
-
-def _ended(server: SipServer, number: Number, decision: Decision, call: Call) -> None:
-    server.call_ended(call)
-    o = call.outcome
-    server.metrics.calls.labels("inbound", o.disposition).inc()
-    server.recorder.add(
-        CallRecord(
-            sip_call_id=o.call_id,
-            direction="inbound",
-            number=number,
-            caller=o.caller,
-            callee=o.callee,
-            invited_at=_at(o.invited_at),
-            ended_at=_at(o.ended_at or time.time()),
-            disposition=o.disposition,
-            decision=decision,
-            targets_tried=tuple(o.targets_tried),
-            answered_by=o.answered_by,
-            answered_at=_at(o.answered_at) if o.answered_at is not None else None,
-        )
-    )
-
-
-def _at(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)

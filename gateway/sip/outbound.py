@@ -7,20 +7,17 @@ on inbound calls."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
 from aiosipua import SipRequest
 
 from gateway.domain.calls import Step, Target
-from gateway.domain.index import Number
 from gateway.domain.outbound import choose_caller_id
 from gateway.domain.routing import Decision, lead_rules
 from gateway.sip.call import Call, Outcome
 from gateway.sip.transport import Peer
 from gateway.sip.wire import user_e164
-from gateway.store.calls import CallRecord
 from gateway.store.index_queries import fetch_account_numbers
 
 if TYPE_CHECKING:
@@ -108,7 +105,7 @@ async def outbound_call(server: SipServer, req: SipRequest, peer: Peer, credenti
         b_from_user=number.e164,
         b_headers=(("P-Asserted-Identity", identity),),
         max_call_s=server.settings.max_call_s,
-        on_end=partial(_ended, server, number, decision),
+        on_end=partial(server.finish_call, number, decision),
     )
     server.track(call, req)
     call.start()
@@ -118,26 +115,3 @@ def _forbid(server: SipServer, req: SipRequest, peer: Peer, metric: str, why: st
     server.metrics.refused.labels(metric).inc()
     text = why.replace('"', "'")
     server.reply(req, peer, 403, "Forbidden", headers=(("Warning", f'399 {server.via_host} "{text}"'),))
-
-
-def _ended(server: SipServer, number: Number, decision: Decision, call: Call) -> None:
-    server.call_ended(call)
-    o = call.outcome
-    server.metrics.calls.labels("outbound", o.disposition).inc()
-    at = partial(datetime.fromtimestamp, tz=UTC)
-    server.recorder.add(
-        CallRecord(
-            sip_call_id=o.call_id,
-            direction="outbound",
-            number=number,
-            caller=o.caller,
-            callee=o.callee,
-            invited_at=at(o.invited_at),
-            ended_at=at(o.ended_at or time.time()),
-            disposition=o.disposition,
-            decision=decision,
-            targets_tried=tuple(o.targets_tried),
-            answered_by=o.answered_by,
-            answered_at=at(o.answered_at) if o.answered_at is not None else None,
-        )
-    )

@@ -28,7 +28,9 @@ from prometheus_client import Counter
 
 from gateway.config import SipSettings, host_port, trunk_networks
 from gateway.domain.call_slots import CallSlots
-from gateway.domain.index import Index
+from gateway.domain.index import Index, Number
+from gateway.domain.rate_limit import FailureLimiter
+from gateway.domain.routing import Decision
 from gateway.sip.call import Call
 from gateway.sip.codec import encode
 from gateway.sip.digest import DigestAuthority
@@ -38,8 +40,18 @@ from gateway.sip.outbound import outbound_call
 from gateway.sip.texts import receive_text
 from gateway.sip.transactions import LINGER_S, ClientTransaction
 from gateway.sip.transport import Peer, SipTransports
-from gateway.sip.wire import ALLOW, KNOWN_UNSUPPORTED, cseq_method, problems, response, tag_of, top_branch
-from gateway.store.calls import CallRecorder
+from gateway.sip.wire import (
+    ALLOW,
+    KNOWN_UNSUPPORTED,
+    cseq_method,
+    problems,
+    response,
+    tag_of,
+    top_branch,
+    utc,
+)
+from gateway.store.calls import CallRecord
+from gateway.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 ENDED = None  # a dialog's tombstone: the call is over
@@ -56,8 +68,9 @@ class SipServer:
         pool: asyncpg.Pool,
         metrics: SipMetrics,
         slots: CallSlots,
-        recorder: CallRecorder,
+        recorder: Outbox,
         texts_received: Counter,
+        limiter: FailureLimiter,
     ) -> None:
         self.settings = settings
         self.index = index
@@ -66,6 +79,7 @@ class SipServer:
         self.slots = slots
         self.recorder = recorder
         self.texts_received = texts_received
+        self.limiter = limiter
         self.loop = asyncio.get_event_loop()
         self.trunks = trunk_networks(settings.trunk_cidrs)
         self.outbound_trunk = host_port(settings.outbound_trunk) if settings.outbound_trunk else None
@@ -175,6 +189,8 @@ class SipServer:
     ) -> None:
         """A final answer outside any call, remembered so a retransmission of the
         request gets the same answer without being processed again."""
+        if status == 403 and not self.is_trunk(peer.host):
+            self.limiter.fail(peer.host, time.monotonic())  # a failed attempt from an unknown source
         resp = response(request, status, reason, to_tag=secrets.token_hex(4), headers=headers)
         data = encode(resp)
         if cache:
@@ -224,6 +240,28 @@ class SipServer:
         for key in keys:
             self._dialogs[key] = ENDED
         self.loop.call_later(LINGER_S, self._forget_dialogs, keys)
+
+    def finish_call(self, number: Number, decision: Decision, call: Call) -> None:
+        """A call ended: forget it, count it, and hand its record to the outbox
+        (which sends the held-back 200 to a BYE once the record is on disk)."""
+        self.call_ended(call)
+        o = call.outcome
+        self.metrics.calls.labels(o.direction, o.disposition).inc()
+        record = CallRecord(
+            sip_call_id=o.call_id,
+            direction="inbound" if o.direction == "inbound" else "outbound",
+            number=number,
+            caller=o.caller,
+            callee=o.callee,
+            invited_at=utc(o.invited_at),
+            ended_at=utc(o.ended_at or time.time()),
+            disposition=o.disposition,
+            decision=decision,
+            targets_tried=tuple(o.targets_tried),
+            answered_by=o.answered_by,
+            answered_at=utc(o.answered_at) if o.answered_at is not None else None,
+        )
+        self.recorder.add_call(record, call.send_final_reply)
 
     def _forget_dialogs(self, keys: list[tuple[str, str]]) -> None:
         for key in keys:
@@ -281,6 +319,9 @@ class SipServer:
             return
         if method == "ACK":
             return
+        if self.limiter.blocked(peer.host, time.monotonic()) and not self.is_trunk(peer.host):
+            self.metrics.refused.labels("throttled").inc()
+            return  # silence: a scanner learns nothing and costs nothing
         seen = self._answered.get((call_id, top_branch(req), method))
         if seen is not None:
             what = seen[1]

@@ -68,16 +68,22 @@ def receive_text(server: SipServer, req: SipRequest, peer: Peer) -> None:
 
 async def _store(server: SipServer, req: SipRequest, peer: Peer, text: texts.InboundText) -> None:
     try:
-        async with server.pool.acquire(timeout=2.0) as conn:
+        async with server.pool.acquire(timeout=1.5) as conn:
             accepted = await texts.accept(conn, server.index(), text)
     except texts.UnknownNumber:
         server.reply(req, peer, 404, "Not Found")
         return
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        server.texts_received.labels(provider="sip", outcome="db_unavailable").inc()
-        # Not remembered: the carrier's next attempt should be tried again.
-        server.reply(req, peer, 503, "Service Unavailable", headers=(("Retry-After", "5"),), cache=False)
-        server.release(req)
+        try:  # the database is away: 202 once the text is durable in the outbox (issue 7)
+            await server.recorder.add_text(text)
+        except OSError:
+            server.texts_received.labels(provider="sip", outcome="db_unavailable").inc()
+            # Not remembered: the carrier's next attempt should be tried again.
+            server.reply(req, peer, 503, "Service Unavailable", headers=(("Retry-After", "5"),), cache=False)
+            server.release(req)
+            return
+        server.texts_received.labels(provider="sip", outcome="queued").inc()
+        server.reply(req, peer, 202, "Accepted")
         return
     outcome = "duplicate" if accepted.duplicate else "stored"
     server.texts_received.labels(provider="sip", outcome=outcome).inc()

@@ -63,14 +63,21 @@ class SipTransports:
     async def start(self) -> None:
         """Bind UDP, then TCP on the same port (the UDP one when port 0 was asked)."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self), local_addr=(self._host, self._port)
-        )
-        self._udp = transport
-        self.port = int(self._udp.get_extra_info("sockname")[1])
-        self._tcp = await asyncio.start_server(
-            self._serve_stream, self._host, self.port, limit=MAX_HEADER_BYTES
-        )
+        for attempt in range(20):  # port 0: the UDP port picked may be taken for TCP; pick again
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(self), local_addr=(self._host, self._port)
+            )
+            self._udp = transport
+            self.port = int(transport.get_extra_info("sockname")[1])
+            try:
+                self._tcp = await asyncio.start_server(
+                    self._serve_stream, self._host, self.port, limit=MAX_HEADER_BYTES
+                )
+                return
+            except OSError:
+                transport.close()
+                if self._port != 0 or attempt == 19:
+                    raise
 
     async def stop(self) -> None:
         if self._tcp is not None:

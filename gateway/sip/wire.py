@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from datetime import UTC, datetime
 
 from aiosipua import SipRequest, SipResponse, parse_address, parse_uri
 from aiosipua.message import missing_required_headers
@@ -27,6 +28,11 @@ def new_tag() -> str:
 
 def new_call_id() -> str:
     return secrets.token_hex(12) + "@gateway"
+
+
+def utc(epoch: float) -> datetime:
+    """An epoch time (what calls keep) as the aware datetime that records store."""
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 def problems(request: SipRequest) -> str | None:

@@ -2,26 +2,19 @@
 the record, timeline records (R1-R3), usage minutes to whoever answered (R9)
 and, for an unanswered unknown caller, the R8 notifications.
 
-:class:`CallRecorder` takes finished calls from the SIP side without ever
-blocking it, and writes them in batches (one transaction per batch, one
-round trip per statement). A replay writes nothing twice: the record is
+Records reach Postgres through the outbox (:mod:`gateway.store.outbox`),
+which makes them durable first. A replay writes nothing twice: the record is
 claimed by ``UNIQUE (sip_call_id, direction)`` and every other row carries an
-idempotency key derived from it. While the database is unreachable records
-wait in memory and are retried with backoff; the durable outbox that survives
-a crash meanwhile is issue 7's.
+idempotency key derived from it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import dataclasses
 import logging
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
-
-import asyncpg
+from typing import Any, Literal
 
 from gateway.domain.billing import billable_minutes
 from gateway.domain.index import Number
@@ -30,7 +23,6 @@ from gateway.store import Conn
 from gateway.store.crm import InboundEvent, raise_unknown_caller_notifications, record_timeline, record_usage
 
 log = logging.getLogger(__name__)
-BATCH = 100
 NOTIFY_ON = frozenset(("no_answer", "canceled"))  # R8: the unknown caller rang and nobody answered
 
 
@@ -114,83 +106,37 @@ async def _write_call(conn: Conn, rec: CallRecord) -> int | None:
     return record_id
 
 
-class CallRecorder:
-    """Writes finished calls in the background; :meth:`add` never blocks."""
+def call_to_json(rec: CallRecord) -> dict[str, Any]:
+    """The outbox's form of a call record (issue 7): plain JSON, times in ISO 8601."""
+    data = dataclasses.asdict(rec)
+    for key in ("invited_at", "ended_at", "answered_at"):
+        value = getattr(rec, key)
+        data[key] = value.isoformat() if value is not None else None
+    return data
 
-    def __init__(self, pool: asyncpg.Pool, *, max_backlog: int = 100_000) -> None:
-        self._pool = pool
-        self._backlog: deque[CallRecord] = deque(maxlen=max_backlog)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.written = 0
-        self.failed = 0
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="call-recorder")
+def call_from_json(data: dict[str, Any]) -> CallRecord:
+    number = data["number"]
+    decision = data["decision"]
+    return CallRecord(
+        **{
+            **data,
+            "number": Number(**{**number, "route_user_ids": tuple(number["route_user_ids"])}),
+            "decision": None if decision is None else _decision(decision),
+            "targets_tried": tuple(data["targets_tried"]),
+            "invited_at": datetime.fromisoformat(data["invited_at"]),
+            "ended_at": datetime.fromisoformat(data["ended_at"]),
+            "answered_at": datetime.fromisoformat(data["answered_at"]) if data["answered_at"] else None,
+        }
+    )
 
-    def add(self, rec: CallRecord) -> None:
-        if len(self._backlog) == self._backlog.maxlen:
-            log.error("call record backlog full; dropping the oldest record")
-        self._backlog.append(rec)
-        self._idle.clear()
-        self._wake.set()
 
-    def backlog(self) -> int:
-        return len(self._backlog)
-
-    async def drain(self, limit_s: float) -> bool:
-        """Wait until every record so far is written (or ``limit_s`` passes)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), limit_s)
-        return not self._backlog
-
-    async def stop(self, grace_s: float) -> None:
-        await self.drain(grace_s)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._backlog:
-            log.error("%d call records not written at shutdown", len(self._backlog))
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            if not self._backlog:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-            batch = [self._backlog[i] for i in range(min(BATCH, len(self._backlog)))]
-            try:
-                await self._write(batch)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("call records wait for the database (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            for _ in batch:
-                self._backlog.popleft()
-
-    async def _write(self, batch: list[CallRecord]) -> None:
-        async with self._pool.acquire() as conn:
-            try:
-                async with conn.transaction():  # one commit for the batch, no savepoints
-                    for rec in batch:
-                        await _write_call(conn, rec)
-                self.written += len(batch)
-                return
-            except asyncpg.PostgresError as exc:
-                if isinstance(exc, asyncpg.PostgresConnectionError):
-                    raise
-            for rec in batch:  # one bad record must not hold up the others
-                try:
-                    await write_call(conn, rec)
-                    self.written += 1
-                except asyncpg.PostgresError as exc:
-                    if isinstance(exc, asyncpg.PostgresConnectionError):
-                        raise
-                    self.failed += 1
-                    log.error("call record %s refused by the database: %s", rec.sip_call_id, exc)
+def _decision(d: dict[str, Any]) -> Decision:
+    return Decision(
+        reason=d["reason"],
+        strategy=d["strategy"],
+        targets=tuple(d["targets"]),
+        timeline_leads=tuple(d["timeline_leads"]),
+        step_timeout_s=d["step_timeout_s"],
+        skipped=tuple(d["skipped"]),
+    )

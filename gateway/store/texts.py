@@ -10,6 +10,7 @@ of text messages").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -129,3 +130,14 @@ async def accept(conn: Conn, index: Index, text: InboundText) -> Accepted:
 
 def media_list(urls: list[str], types: list[str]) -> list[dict[str, Any]]:
     return [{"url": url, "content_type": kind} for url, kind in zip(urls, types, strict=False)]
+
+
+def text_to_json(text: InboundText) -> dict[str, Any]:
+    """The outbox's form of a text (issue 7)."""
+    data = dataclasses.asdict(text)
+    data["received_at"] = text.received_at.isoformat()
+    return data
+
+
+def text_from_json(data: dict[str, Any]) -> InboundText:
+    return InboundText(**{**data, "received_at": datetime.fromisoformat(data["received_at"])})

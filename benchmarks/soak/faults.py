@@ -1,0 +1,387 @@
+"""Faults against the real `gateway serve` process, with the numbers that go
+into benchmarks/RELIABILITY.md (issue 7). Each run starts its own Postgres
+cluster, a carrier and an agent SIPp, and a texting client; everything is
+bounded in time.
+
+    python benchmarks/soak/faults.py [--soak-minutes 10] [--only outage,kill9,...]
+
+Runs: ``outage`` (Postgres stopped 30 s mid-traffic), ``kill9`` (SIGKILL under
+calls and texts, then restart), ``sigterm`` (graceful stop under load),
+``dead_agents`` (agents that never answer or vanish after answering, beside
+normal traffic), ``hostile`` (mutated SIP and forged webhooks), ``soak``
+(mixed load, resources sampled). Lost must be 0 for every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gateway.store.embedded import EmbeddedPostgres
+from gateway.store.migrations import migrate
+from tests.gateway_process import GatewayProcess
+from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp
+from tests.test_hostile_input import TEMPLATES, mutate
+from tests.test_reliability import LEAD, NUMBER, completed_calls, env_for, seed, text
+
+REPORT = Path(__file__).resolve().parents[1] / "RELIABILITY.md"
+
+
+@dataclass
+class Row:
+    fault: str
+    injected: str
+    traffic: str
+    lost: int
+    duplicated: int
+    recovery_s: float | None
+    notes: str = ""
+
+
+class Bench:
+    """One cluster, one seeded account, one gateway process."""
+
+    def __init__(self, work: Path, name: str) -> None:
+        self.work = work / name
+        self.work.mkdir(parents=True)
+        self.cluster = EmbeddedPostgres(self.work / "pg")
+        self.dsn = ""
+        self.agent_port = free_port(PHONE_IP)
+        self.gw: GatewayProcess | None = None
+
+    async def __aenter__(self) -> Bench:
+        self.dsn = await asyncio.to_thread(self.cluster.start)
+        conn = await asyncpg.connect(self.dsn)
+        await migrate(conn)
+        await conn.close()
+        await seed(self.dsn, self.agent_port)
+        self.gw = await self.start_gateway()
+        return self
+
+    async def start_gateway(self) -> GatewayProcess:
+        gw = GatewayProcess(env_for(self.dsn, self.work / "outbox"), self.work)
+        await gw.start()
+        return gw
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.gw is not None:
+            await self.gw.close()
+        await asyncio.to_thread(self.cluster.stop)
+
+    async def calls(self, name: str, count: int, rate: float, pause_ms: int) -> tuple[object, object]:
+        assert self.gw is not None
+        agent = await start_sipp(f"{name}-agent", "uas_agent.xml", self.work, ip=PHONE_IP, port=self.agent_port,
+                                 calls=count)  # fmt: skip
+        carrier = await start_sipp(
+            f"{name}-carrier", "uac_dialog.xml", self.work, ip=CARRIER_IP, remote=f"127.0.0.1:{self.gw.sip_port}",
+            service=NUMBER, calls=count, rate=rate, limit=int(rate * pause_ms / 1000 * 2) + 10, pause_ms=pause_ms,
+            trace_messages=True,
+        )  # fmt: skip
+        return agent, carrier
+
+    async def texts(self, prefix: str, per_second: float, seconds: float, acked: list[str]) -> None:
+        assert self.gw is not None
+        end = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < end:
+            sid = f"{prefix}{i}"
+            i += 1
+            if await text(self.gw.http_port, sid) == 200:
+                acked.append(sid)
+            await asyncio.sleep(1 / per_second)
+
+    async def losses(self, completed: set[str], acked: list[str]) -> tuple[int, int]:
+        """(lost, duplicated): acknowledged work missing from Postgres, and any
+        charged twice (usage rows beyond one per answered call and text)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            stored = {
+                r[0]
+                for r in await conn.fetch("SELECT sip_call_id FROM call_records WHERE disposition='answered'")
+            }
+            texts = {r[0] for r in await conn.fetch("SELECT provider_message_id FROM messages")}
+            usage = await conn.fetchval("SELECT count(*) FROM usage_ledger")
+        finally:
+            await conn.close()
+        lost = len(completed - stored) + len(set(acked) - texts)
+        return lost, max(0, usage - len(stored) - len(texts))
+
+
+async def outage(work: Path) -> Row:
+    async with Bench(work, "outage") as b:
+        assert b.gw is not None
+        agent, carrier = await b.calls("outage", 900, 20, 500)
+        acked: list[str] = []
+        sender = asyncio.create_task(b.texts("SMo", 20, 45, acked))
+        await asyncio.sleep(5)
+        await asyncio.to_thread(b.cluster.stop_server)
+        degraded = (await b.gw.ready())["status"]
+        await asyncio.sleep(30)
+        await asyncio.to_thread(b.cluster.start_server)
+        back = time.monotonic()
+        await sender
+        await carrier.wait(120)  # type: ignore[attr-defined]
+        await agent.wait(30)  # type: ignore[attr-defined]
+        await b.gw.settled(120)
+        recovery = time.monotonic() - back
+        completed = completed_calls(carrier.messages())  # type: ignore[attr-defined]
+        lost, dup = await b.losses(completed, acked)
+        return Row("Postgres outage", "cluster stopped 30 s mid-traffic, then restarted",
+                   f"{len(completed)} calls completed, {len(acked)} texts acknowledged", lost, dup, recovery,
+                   f"/readyz during the outage: {degraded}; calls kept routing from the snapshot")  # fmt: skip
+
+
+async def kill9(work: Path) -> Row:
+    async with Bench(work, "kill9") as b:
+        assert b.gw is not None
+        agent, carrier = await b.calls("kill9", 2000, 60, 300)
+        acked: list[str] = []
+        sender = asyncio.create_task(b.texts("SMk", 40, 8, acked))
+        await asyncio.sleep(6)
+        b.gw.kill()
+        await b.gw.wait()
+        killed = time.monotonic()
+        await asyncio.gather(sender, return_exceptions=True)
+        await carrier.stop()  # type: ignore[attr-defined]
+        await agent.stop()  # type: ignore[attr-defined]
+        b.gw = await b.start_gateway()
+        settled = await b.gw.settled(60)
+        recovery = time.monotonic() - killed
+        completed = completed_calls(carrier.messages())  # type: ignore[attr-defined]
+        lost, dup = await b.losses(completed, acked)
+        return Row("kill -9 under load", "SIGKILL during 60 calls/s and 40 texts/s, then restart",
+                   f"{len(completed)} calls completed, {len(acked)} texts acknowledged", lost, dup, recovery,
+                   f"active calls after restart: {settled['active_calls']} (no slot survives the process)")  # fmt: skip
+
+
+async def sigterm(work: Path) -> Row:
+    async with Bench(work, "sigterm") as b:
+        assert b.gw is not None
+        agent, carrier = await b.calls("sigterm", 300, 30, 2000)
+        acked: list[str] = []
+        sender = asyncio.create_task(b.texts("SMt", 20, 4, acked))
+        await asyncio.sleep(4)
+        stopping = time.monotonic()
+        b.gw.terminate()
+        code = await b.gw.wait(30)
+        drained = time.monotonic() - stopping
+        await asyncio.gather(sender, return_exceptions=True)
+        await carrier.stop()  # type: ignore[attr-defined]
+        await agent.stop()  # type: ignore[attr-defined]
+        completed = completed_calls(carrier.messages())  # type: ignore[attr-defined]
+        refused = carrier.messages().count("SIP/2.0 503 Service Unavailable")  # type: ignore[attr-defined]
+        lost, dup = await b.losses(completed, acked)
+        b.gw = None
+        return Row("SIGTERM under load", "graceful stop during 30 calls/s of 2 s calls and 20 texts/s",
+                   f"{len(completed)} calls completed, {len(acked)} texts acknowledged", lost, dup, drained,
+                   f"exit code {code}; {refused} new INVITEs answered 503 + Retry-After while draining")  # fmt: skip
+
+
+async def dead_agents(work: Path) -> Row:
+    """Agents that never answer keep slots only until their timers fire; the
+    rest of the traffic's setup latency is compared with a quiet run."""
+    async with Bench(work, "dead") as b:
+        assert b.gw is not None
+        quiet = await _setup_p99(b, "quiet")
+        conn = await asyncpg.connect(b.dsn)
+        dead_port = free_port(PHONE_IP)
+        acct = await conn.fetchval("SELECT account_id FROM numbers WHERE e164 = $1", NUMBER)
+        dead_user = await conn.fetchval(
+            "INSERT INTO users (account_id, email, role, package, call_destination)"
+            " VALUES ($1, 'dead@x.test', 'agent', 'standard', $2) RETURNING id", acct, f"sip:dead@{PHONE_IP}:{dead_port}")  # fmt: skip
+        dead_number = await conn.fetchval(
+            "INSERT INTO numbers (account_id, e164, kind, unknown_step_timeout_s) VALUES ($1, '+15550190099',"
+            " 'company', 2) RETURNING id", acct)  # fmt: skip
+        await conn.execute("INSERT INTO number_route_targets (account_id, number_id, user_id, position)"
+                           " VALUES ($1, $2, $3, 0)", acct, dead_number, dead_user)  # fmt: skip
+        await conn.close()
+        await asyncio.sleep(1)
+        # Nobody listens on the dead phone's port: INVITEs vanish, Timer/step timeouts must free the slots.
+        dead = await start_sipp("dead-carrier", "uac_unanswered.xml", b.work, ip=CARRIER_IP,
+                                remote=f"127.0.0.1:{b.gw.sip_port}", service="+15550190099", calls=200, rate=20,
+                                limit=200, rows=[["+15557770123"]])  # fmt: skip
+        loaded = await _setup_p99(b, "beside-dead")
+        await dead.wait(60)
+        state = await b.gw.settled(60)
+        ratio = loaded / quiet if quiet else 0.0
+        return Row("Dead agent phones", "200 calls to a phone that never answers (2 s hunt step), beside normal calls",
+                   "200 unanswered + 600 normal calls", 0, 0, None,
+                   f"setup p99 {loaded:.0f} ms beside them vs {quiet:.0f} ms quiet (x{ratio:.2f}); "
+                   f"slots held afterwards: {state['active_calls']}")  # fmt: skip
+
+
+async def _setup_p99(b: Bench, name: str) -> float:
+    agent, carrier = await b.calls(name, 600, 60, 200)
+    await carrier.wait(60)  # type: ignore[attr-defined]
+    await agent.wait(30)  # type: ignore[attr-defined]
+    rtts = sorted(float(r.split(";")[1]) for p in carrier.workdir.glob("*_rtt.csv")  # type: ignore[attr-defined]
+                  for r in p.read_text().splitlines()[1:] if ";" in r)  # fmt: skip
+    return rtts[int(0.99 * len(rtts))] if rtts else 0.0
+
+
+async def hostile(work: Path) -> Row:
+    async with Bench(work, "hostile") as b:
+        assert b.gw is not None and b.gw.process is not None
+        rss0 = _rss(b.gw.process.pid)
+        rng = random.Random(7)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.9", 0)
+        )
+        sent = 0
+        for i in range(20000):
+            data = TEMPLATES[i % len(TEMPLATES)].format(n=NUMBER, i=i).encode()
+            transport.sendto(mutate(data, rng), ("127.0.0.1", b.gw.sip_port))
+            sent += 1
+            if i % 100 == 0:
+                await asyncio.sleep(0.01)
+        transport.close()
+        statuses: dict[int, int] = {}
+        async with aiohttp.ClientSession() as s:
+            for i in range(500):
+                async with s.post(f"http://127.0.0.1:{b.gw.http_port}/v1/webhooks/twilio/messages",
+                                  data={"MessageSid": f"SMf{i}", "From": LEAD, "To": NUMBER},
+                                  headers={"X-Twilio-Signature": "forged"}) as r:  # fmt: skip
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+        state = await b.gw.settled(30)
+        rss1 = _rss(b.gw.process.pid)
+        errors = _metric(await _scrape(b.gw.http_port), "gateway_sip_handler_errors_total")
+        five = sum(n for code, n in statuses.items() if code >= 500)
+        return Row("Hostile input", f"{sent} mutated SIP datagrams from a stranger; 500 forged Twilio webhooks",
+                   f"webhook answers {dict(sorted(statuses.items()))}", five, 0, None,
+                   f"handler exceptions {errors:.0f}; RSS {rss0} -> {rss1} kB; /readyz {state['status']}")  # fmt: skip
+
+
+async def soak(work: Path, minutes: float, rate: float) -> Row:
+    async with Bench(work, "soak") as b:
+        assert b.gw is not None and b.gw.process is not None
+        seconds = minutes * 60
+        count = int(rate * seconds)
+        agent_port2 = b.agent_port
+        short = await start_sipp("soak-short", "uac_dialog.xml", b.work, ip=CARRIER_IP,
+                                 remote=f"127.0.0.1:{b.gw.sip_port}", service=NUMBER, calls=count, rate=rate * 0.8,
+                                 limit=int(rate * 2) + 20, pause_ms=200)  # fmt: skip
+        long = await start_sipp("soak-long", "uac_dialog.xml", b.work, ip=CARRIER_IP,
+                                remote=f"127.0.0.1:{b.gw.sip_port}", service=NUMBER, calls=int(count * 0.25),
+                                rate=rate * 0.2, limit=int(rate * 10) + 20, pause_ms=5000)  # fmt: skip
+        agent = await start_sipp("soak-agent", "uas_agent.xml", b.work, ip=PHONE_IP, port=agent_port2,
+                                 calls=count + int(count * 0.25))  # fmt: skip
+        acked: list[str] = []
+        sender = asyncio.create_task(b.texts("SMs", 10, seconds, acked))
+        samples = []
+        start = time.monotonic()
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() - start < seconds:
+                async with s.get(f"http://127.0.0.1:{b.gw.http_port}/metrics") as r:
+                    body = await r.text()
+                samples.append((time.monotonic() - start, _rss(b.gw.process.pid), _fds(b.gw.process.pid),
+                                _metric(body, "gateway_asyncio_tasks"),
+                                _metric(body, "gateway_sip_transactions_in_flight"),
+                                _metric(body, "gateway_sip_active_calls")))  # fmt: skip
+                await asyncio.sleep(10)
+        await sender
+        for p in (short, long):
+            await p.wait(120)  # type: ignore[attr-defined]
+        await agent.wait(60)  # type: ignore[attr-defined]
+        state = await b.gw.settled(60)
+        completed = completed_calls(short.messages()) | completed_calls(long.messages())  # type: ignore[attr-defined]
+        lost, dup = await b.losses(completed, acked)
+        first, last = samples[1] if len(samples) > 1 else samples[0], samples[-1]
+        return Row(f"Soak ({minutes:g} min)", f"mixed load: {rate:g} calls/s (80% 0.2 s, 20% 5 s), 10 texts/s",
+                   f"{len(completed)} calls, {len(acked)} texts", lost, dup, None,
+                   f"RSS {first[1]} -> {last[1]} kB, fds {first[2]} -> {last[2]}, tasks {first[3]:.0f} -> "
+                   f"{last[3]:.0f}, transactions {first[4]:.0f} -> {last[4]:.0f}; active calls at the end "
+                   f"{state['active_calls']}")  # fmt: skip
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+async def _scrape(port: int) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return await r.text()
+
+
+def _metric(body: str, name: str) -> float:
+    for line in body.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def write_report(rows: list[Row], command: str) -> None:
+    lines = [
+        "# Reliability under faults (issue 7)",
+        "",
+        f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "Every row runs the real `gateway serve` process on its own Postgres cluster, with SIPp as carrier",
+        "and agent phone and signed Twilio webhooks as texts. *Lost* counts acknowledged work (a call whose",
+        "BYE was answered 200, a text answered 200) missing from Postgres afterwards; *duplicated* counts",
+        "usage charged more than once. Recovery is from the end of the fault until the outbox is empty and",
+        "no call is in progress (or, for SIGTERM, the time to drain and exit).",
+        "",
+        "| fault | injected | traffic | lost | duplicated | recovery | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        recovery = f"{r.recovery_s:.1f} s" if r.recovery_s is not None else "-"
+        lines.append(
+            f"| {r.fault} | {r.injected} | {r.traffic} | {r.lost} | {r.duplicated} | {recovery} | {r.notes} |"
+        )
+    REPORT.write_text("\n".join(lines) + "\n")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--soak-rate", type=float, default=100.0, help="calls/s; half the measured maximum")
+    parser.add_argument("--only", default="outage,kill9,sigterm,dead_agents,hostile,soak")
+    args = parser.parse_args()
+    wanted = args.only.split(",")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gw-faults-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        runs = {
+            "outage": outage,
+            "kill9": kill9,
+            "sigterm": sigterm,
+            "dead_agents": dead_agents,
+            "hostile": hostile,
+        }
+        for name in wanted:
+            started = time.monotonic()
+            row = await (
+                soak(work, args.soak_minutes, args.soak_rate) if name == "soak" else runs[name](work)
+            )
+            rows.append(row)
+            print(f"{row}  ({time.monotonic() - started:.0f} s)", flush=True)
+    write_report(rows, "python benchmarks/soak/faults.py " + " ".join(sys.argv[1:]))
+    lost = sum(r.lost for r in rows)
+    print(f"result: faults metric={lost} reference=0 ratio={'0.00' if lost == 0 else 'inf'} rows={len(rows)}")
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
