@@ -93,9 +93,14 @@ async def start_gateway(dsn: str, port: int, work: Path) -> asyncio.subprocess.P
         "GATEWAY_LOG_LEVEL": "warning",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", env=env, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
         stderr=open(work / "gateway.log", "wb"),  # noqa: SIM115
-    )  # fmt: skip
+    )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 60)
     if b"gateway ready" not in line:
@@ -105,15 +110,28 @@ async def start_gateway(dsn: str, port: int, work: Path) -> asyncio.subprocess.P
 
 async def start_kamailio(port: int, agent_port: int, work: Path) -> asyncio.subprocess.Process:
     template = (Path(__file__).parent / "kamailio.cfg").read_text()
-    children = str(max(2, os.cpu_count() or 2))
+    # One UDP worker: with several, Kamailio can relay a call's 180 after its 200 (two
+    # processes racing), which the carrier scenario rightly rejects; one keeps order.
+    children = "1"
     cfg = work / "kamailio.cfg"
     text = template.replace("{{PORT}}", str(port)).replace("{{AGENT_PORT}}", str(agent_port))
     cfg.write_text(text.replace("{{CHILDREN}}", children))
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     proc = await asyncio.create_subprocess_exec(
-        binary, "-f", str(cfg), "-DD", "-E", "-m", "512", "-M", "16", "-Y", str(work),
-        stdout=asyncio.subprocess.DEVNULL, stderr=open(work / "kamailio.log", "wb"),  # noqa: SIM115
-    )  # fmt: skip
+        binary,
+        "-f",
+        str(cfg),
+        "-DD",
+        "-E",
+        "-m",
+        "512",
+        "-M",
+        "16",
+        "-Y",
+        str(work),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(work / "kamailio.log", "wb"),  # noqa: SIM115
+    )
     await asyncio.sleep(1.5)
     if proc.returncode is not None:
         raise RuntimeError(f"kamailio exited; see {work / 'kamailio.log'}")
@@ -132,9 +150,13 @@ _running: dict[Path, list[asyncio.subprocess.Process]] = {}
 
 async def sipp(args: list[str], cwd: Path, limit_s: float = 120) -> int:
     proc = await asyncio.create_subprocess_exec(
-        shutil.which("sipp") or "sipp", *args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        shutil.which("sipp") or "sipp",
+        *args,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     _running.setdefault(cwd, []).append(proc)
     try:
         return await asyncio.wait_for(proc.wait(), limit_s)
@@ -152,19 +174,63 @@ async def step(
     run = work / f"{target.replace(':', '_')}_{rate}_{time.monotonic_ns()}"
     run.mkdir()
     agent = asyncio.create_task(
-        sipp([
-            "-sf", str(SCENARIOS / "uas_agent.xml"), "-i", AGENT_IP, "-p", str(agent_port), "-m", str(calls * 2),
-            "-nostdin", "-timeout", f"{int(seconds) + 30}s",
-        ], run, seconds + 40)
-    )  # fmt: skip
+        sipp(
+            [
+                "-sf",
+                str(SCENARIOS / "uas_agent.xml"),
+                "-i",
+                AGENT_IP,
+                "-p",
+                str(agent_port),
+                "-m",
+                str(calls * 2),
+                "-nostdin",
+                "-timeout",
+                f"{int(seconds) + 30}s",
+            ],
+            run,
+            seconds + 40,
+        )
+    )
     await asyncio.sleep(0.3)
-    rc = await sipp([
-        target, "-sf", str(Path(__file__).parent / "uac_cps.xml"), "-inf", str(inf), "-i", CARRIER_IP,
-        "-p", str(free_port(CARRIER_IP)), "-m", str(calls), "-r", str(rate), "-l", str(rate * 10), "-d", "0",
-        "-nostdin", "-timeout", f"{int(seconds) + 25}s", "-max_retrans", "3",
-        "-trace_counts", "-trace_rtt", "-rtt_freq", "1", "-trace_stat", "-fd", "1",
-        "-trace_err", "-error_file", str(run / "errors.log"),
-    ], run, seconds + 25)  # fmt: skip
+    rc = await sipp(
+        [
+            target,
+            "-sf",
+            str(SCENARIOS / "uac_dialog_many.xml"),
+            "-inf",
+            str(inf),
+            "-i",
+            CARRIER_IP,
+            "-p",
+            str(free_port(CARRIER_IP)),
+            "-m",
+            str(calls),
+            "-r",
+            str(rate),
+            "-l",
+            str(min(rate * 2, 5000)),
+            "-d",
+            "0",
+            "-nostdin",
+            "-timeout",
+            f"{int(seconds) + 25}s",
+            "-max_retrans",
+            "3",
+            "-trace_counts",
+            "-trace_rtt",
+            "-rtt_freq",
+            "1",
+            "-trace_stat",
+            "-fd",
+            "1",
+            "-trace_err",
+            "-error_file",
+            str(run / "errors.log"),
+        ],
+        run,
+        seconds + 25,
+    )
     # The agent takes up to twice the calls (a proxy's stray retransmission must not end it
     # early): stop it once the carrier is done and its last calls' timewait has passed.
     await asyncio.sleep(5)

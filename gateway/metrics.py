@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -52,6 +53,8 @@ class Metrics:
             "Times the index listener reconnected to Postgres",
             registry=r,
         )
+        self.asyncio_tasks = Gauge("gateway_asyncio_tasks", "asyncio tasks alive on the loop", registry=r)
+        self.asyncio_tasks.set_function(_task_count)
         self.db_pool_size = Gauge("gateway_db_pool_connections", "Connections open in the pool", registry=r)
         self.db_pool_in_use = Gauge("gateway_db_pool_in_use", "Pool connections checked out", registry=r)
         self.http_requests = Counter(
@@ -77,3 +80,10 @@ class Metrics:
 
     def watch_index_age(self, age: Callable[[], float]) -> None:
         self.index_age.set_function(age)
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped off the loop (not by the gateway's own /metrics)
+        return 0.0

@@ -82,13 +82,22 @@ class Bench:
 
     async def calls(self, name: str, count: int, rate: float, pause_ms: int) -> tuple[object, object]:
         assert self.gw is not None
-        agent = await start_sipp(f"{name}-agent", "uas_agent.xml", self.work, ip=PHONE_IP, port=self.agent_port,
-                                 calls=count)  # fmt: skip
+        agent = await start_sipp(
+            f"{name}-agent", "uas_agent.xml", self.work, ip=PHONE_IP, port=self.agent_port, calls=count
+        )
         carrier = await start_sipp(
-            f"{name}-carrier", "uac_dialog.xml", self.work, ip=CARRIER_IP, remote=f"127.0.0.1:{self.gw.sip_port}",
-            service=NUMBER, calls=count, rate=rate, limit=int(rate * pause_ms / 1000 * 2) + 10, pause_ms=pause_ms,
+            f"{name}-carrier",
+            "uac_dialog.xml",
+            self.work,
+            ip=CARRIER_IP,
+            remote=f"127.0.0.1:{self.gw.sip_port}",
+            service=NUMBER,
+            calls=count,
+            rate=rate,
+            limit=int(rate * pause_ms / 1000 * 2) + 10,
+            pause_ms=pause_ms,
             trace_messages=True,
-        )  # fmt: skip
+        )
         return agent, carrier
 
     async def texts(self, prefix: str, per_second: float, seconds: float, acked: list[str]) -> None:
@@ -138,9 +147,15 @@ async def outage(work: Path) -> Row:
         recovery = time.monotonic() - back
         completed = completed_calls(carrier.messages())  # type: ignore[attr-defined]
         lost, dup = await b.losses(completed, acked)
-        return Row("Postgres outage", "cluster stopped 30 s mid-traffic, then restarted",
-                   f"{len(completed)} calls completed, {len(acked)} texts acknowledged", lost, dup, recovery,
-                   f"/readyz during the outage: {degraded}; calls kept routing from the snapshot")  # fmt: skip
+        return Row(
+            "Postgres outage",
+            "cluster stopped 30 s mid-traffic, then restarted",
+            f"{len(completed)} calls completed, {len(acked)} texts acknowledged",
+            lost,
+            dup,
+            recovery,
+            f"/readyz during the outage: {degraded}; calls kept routing from the snapshot",
+        )
 
 
 async def kill9(work: Path) -> Row:
@@ -161,9 +176,15 @@ async def kill9(work: Path) -> Row:
         recovery = time.monotonic() - killed
         completed = completed_calls(carrier.messages())  # type: ignore[attr-defined]
         lost, dup = await b.losses(completed, acked)
-        return Row("kill -9 under load", "SIGKILL during 60 calls/s and 40 texts/s, then restart",
-                   f"{len(completed)} calls completed, {len(acked)} texts acknowledged", lost, dup, recovery,
-                   f"active calls after restart: {settled['active_calls']} (no slot survives the process)")  # fmt: skip
+        return Row(
+            "kill -9 under load",
+            "SIGKILL during 60 calls/s and 40 texts/s, then restart",
+            f"{len(completed)} calls completed, {len(acked)} texts acknowledged",
+            lost,
+            dup,
+            recovery,
+            f"active calls after restart: {settled['active_calls']} (no slot survives the process)",
+        )
 
 
 async def sigterm(work: Path) -> Row:
@@ -184,9 +205,15 @@ async def sigterm(work: Path) -> Row:
         refused = carrier.messages().count("SIP/2.0 503 Service Unavailable")  # type: ignore[attr-defined]
         lost, dup = await b.losses(completed, acked)
         b.gw = None
-        return Row("SIGTERM under load", "graceful stop during 30 calls/s of 2 s calls and 20 texts/s",
-                   f"{len(completed)} calls completed, {len(acked)} texts acknowledged", lost, dup, drained,
-                   f"exit code {code}; {refused} new INVITEs answered 503 + Retry-After while draining")  # fmt: skip
+        return Row(
+            "SIGTERM under load",
+            "graceful stop during 30 calls/s of 2 s calls and 20 texts/s",
+            f"{len(completed)} calls completed, {len(acked)} texts acknowledged",
+            lost,
+            dup,
+            drained,
+            f"exit code {code}; {refused} new INVITEs answered 503 + Retry-After while draining",
+        )
 
 
 async def dead_agents(work: Path) -> Row:
@@ -200,34 +227,63 @@ async def dead_agents(work: Path) -> Row:
         acct = await conn.fetchval("SELECT account_id FROM numbers WHERE e164 = $1", NUMBER)
         dead_user = await conn.fetchval(
             "INSERT INTO users (account_id, email, role, package, call_destination)"
-            " VALUES ($1, 'dead@x.test', 'agent', 'standard', $2) RETURNING id", acct, f"sip:dead@{PHONE_IP}:{dead_port}")  # fmt: skip
+            " VALUES ($1, 'dead@x.test', 'agent', 'standard', $2) RETURNING id",
+            acct,
+            f"sip:dead@{PHONE_IP}:{dead_port}",
+        )
         dead_number = await conn.fetchval(
             "INSERT INTO numbers (account_id, e164, kind, unknown_step_timeout_s) VALUES ($1, '+15550190099',"
-            " 'company', 2) RETURNING id", acct)  # fmt: skip
-        await conn.execute("INSERT INTO number_route_targets (account_id, number_id, user_id, position)"
-                           " VALUES ($1, $2, $3, 0)", acct, dead_number, dead_user)  # fmt: skip
+            " 'company', 2) RETURNING id",
+            acct,
+        )
+        await conn.execute(
+            "INSERT INTO number_route_targets (account_id, number_id, user_id, position)"
+            " VALUES ($1, $2, $3, 0)",
+            acct,
+            dead_number,
+            dead_user,
+        )
         await conn.close()
         await asyncio.sleep(1)
         # Nobody listens on the dead phone's port: INVITEs vanish, Timer/step timeouts must free the slots.
-        dead = await start_sipp("dead-carrier", "uac_unanswered.xml", b.work, ip=CARRIER_IP,
-                                remote=f"127.0.0.1:{b.gw.sip_port}", service="+15550190099", calls=200, rate=20,
-                                limit=200, rows=[["+15557770123"]])  # fmt: skip
+        dead = await start_sipp(
+            "dead-carrier",
+            "uac_unanswered.xml",
+            b.work,
+            ip=CARRIER_IP,
+            remote=f"127.0.0.1:{b.gw.sip_port}",
+            service="+15550190099",
+            calls=200,
+            rate=20,
+            limit=200,
+            rows=[["+15557770123"]],
+        )
         loaded = await _setup_p99(b, "beside-dead")
         await dead.wait(60)
         state = await b.gw.settled(60)
         ratio = loaded / quiet if quiet else 0.0
-        return Row("Dead agent phones", "200 calls to a phone that never answers (2 s hunt step), beside normal calls",
-                   "200 unanswered + 600 normal calls", 0, 0, None,
-                   f"setup p99 {loaded:.0f} ms beside them vs {quiet:.0f} ms quiet (x{ratio:.2f}); "
-                   f"slots held afterwards: {state['active_calls']}")  # fmt: skip
+        return Row(
+            "Dead agent phones",
+            "200 calls to a phone that never answers (2 s hunt step), beside normal calls",
+            "200 unanswered + 600 normal calls",
+            0,
+            0,
+            None,
+            f"setup p99 {loaded:.0f} ms beside them vs {quiet:.0f} ms quiet (x{ratio:.2f}); "
+            f"slots held afterwards: {state['active_calls']}",
+        )
 
 
 async def _setup_p99(b: Bench, name: str) -> float:
     agent, carrier = await b.calls(name, 600, 60, 200)
     await carrier.wait(60)  # type: ignore[attr-defined]
     await agent.wait(30)  # type: ignore[attr-defined]
-    rtts = sorted(float(r.split(";")[1]) for p in carrier.workdir.glob("*_rtt.csv")  # type: ignore[attr-defined]
-                  for r in p.read_text().splitlines()[1:] if ";" in r)  # fmt: skip
+    rtts = sorted(
+        float(r.split(";")[1])
+        for p in carrier.workdir.glob("*_rtt.csv")  # type: ignore[attr-defined]
+        for r in p.read_text().splitlines()[1:]
+        if ";" in r
+    )
     return rtts[int(0.99 * len(rtts))] if rtts else 0.0
 
 
@@ -251,17 +307,25 @@ async def hostile(work: Path) -> Row:
         statuses: dict[int, int] = {}
         async with aiohttp.ClientSession() as s:
             for i in range(500):
-                async with s.post(f"http://127.0.0.1:{b.gw.http_port}/v1/webhooks/twilio/messages",
-                                  data={"MessageSid": f"SMf{i}", "From": LEAD, "To": NUMBER},
-                                  headers={"X-Twilio-Signature": "forged"}) as r:  # fmt: skip
+                async with s.post(
+                    f"http://127.0.0.1:{b.gw.http_port}/v1/webhooks/twilio/messages",
+                    data={"MessageSid": f"SMf{i}", "From": LEAD, "To": NUMBER},
+                    headers={"X-Twilio-Signature": "forged"},
+                ) as r:
                     statuses[r.status] = statuses.get(r.status, 0) + 1
         state = await b.gw.settled(30)
         rss1 = _rss(b.gw.process.pid)
         errors = _metric(await _scrape(b.gw.http_port), "gateway_sip_handler_errors_total")
         five = sum(n for code, n in statuses.items() if code >= 500)
-        return Row("Hostile input", f"{sent} mutated SIP datagrams from a stranger; 500 forged Twilio webhooks",
-                   f"webhook answers {dict(sorted(statuses.items()))}", five, 0, None,
-                   f"handler exceptions {errors:.0f}; RSS {rss0} -> {rss1} kB; /readyz {state['status']}")  # fmt: skip
+        return Row(
+            "Hostile input",
+            f"{sent} mutated SIP datagrams from a stranger; 500 forged Twilio webhooks",
+            f"webhook answers {dict(sorted(statuses.items()))}",
+            five,
+            0,
+            None,
+            f"handler exceptions {errors:.0f}; RSS {rss0} -> {rss1} kB; /readyz {state['status']}",
+        )
 
 
 async def soak(work: Path, minutes: float, rate: float) -> Row:
@@ -270,14 +334,38 @@ async def soak(work: Path, minutes: float, rate: float) -> Row:
         seconds = minutes * 60
         count = int(rate * seconds)
         agent_port2 = b.agent_port
-        short = await start_sipp("soak-short", "uac_dialog.xml", b.work, ip=CARRIER_IP,
-                                 remote=f"127.0.0.1:{b.gw.sip_port}", service=NUMBER, calls=count, rate=rate * 0.8,
-                                 limit=int(rate * 2) + 20, pause_ms=200)  # fmt: skip
-        long = await start_sipp("soak-long", "uac_dialog.xml", b.work, ip=CARRIER_IP,
-                                remote=f"127.0.0.1:{b.gw.sip_port}", service=NUMBER, calls=int(count * 0.25),
-                                rate=rate * 0.2, limit=int(rate * 10) + 20, pause_ms=5000)  # fmt: skip
-        agent = await start_sipp("soak-agent", "uas_agent.xml", b.work, ip=PHONE_IP, port=agent_port2,
-                                 calls=count + int(count * 0.25))  # fmt: skip
+        short = await start_sipp(
+            "soak-short",
+            "uac_dialog.xml",
+            b.work,
+            ip=CARRIER_IP,
+            remote=f"127.0.0.1:{b.gw.sip_port}",
+            service=NUMBER,
+            calls=count,
+            rate=rate * 0.8,
+            limit=int(rate * 2) + 20,
+            pause_ms=200,
+        )
+        long = await start_sipp(
+            "soak-long",
+            "uac_dialog.xml",
+            b.work,
+            ip=CARRIER_IP,
+            remote=f"127.0.0.1:{b.gw.sip_port}",
+            service=NUMBER,
+            calls=int(count * 0.25),
+            rate=rate * 0.2,
+            limit=int(rate * 10) + 20,
+            pause_ms=5000,
+        )
+        agent = await start_sipp(
+            "soak-agent",
+            "uas_agent.xml",
+            b.work,
+            ip=PHONE_IP,
+            port=agent_port2,
+            calls=count + int(count * 0.25),
+        )
         acked: list[str] = []
         sender = asyncio.create_task(b.texts("SMs", 10, seconds, acked))
         samples = []
@@ -286,10 +374,16 @@ async def soak(work: Path, minutes: float, rate: float) -> Row:
             while time.monotonic() - start < seconds:
                 async with s.get(f"http://127.0.0.1:{b.gw.http_port}/metrics") as r:
                     body = await r.text()
-                samples.append((time.monotonic() - start, _rss(b.gw.process.pid), _fds(b.gw.process.pid),
-                                _metric(body, "gateway_asyncio_tasks"),
-                                _metric(body, "gateway_sip_transactions_in_flight"),
-                                _metric(body, "gateway_sip_active_calls")))  # fmt: skip
+                samples.append(
+                    (
+                        time.monotonic() - start,
+                        _rss(b.gw.process.pid),
+                        _fds(b.gw.process.pid),
+                        _metric(body, "gateway_asyncio_tasks"),
+                        _metric(body, "gateway_sip_transactions_in_flight"),
+                        _metric(body, "gateway_sip_active_calls"),
+                    )
+                )
                 await asyncio.sleep(10)
         await sender
         for p in (short, long):
@@ -299,11 +393,17 @@ async def soak(work: Path, minutes: float, rate: float) -> Row:
         completed = completed_calls(short.messages()) | completed_calls(long.messages())  # type: ignore[attr-defined]
         lost, dup = await b.losses(completed, acked)
         first, last = samples[1] if len(samples) > 1 else samples[0], samples[-1]
-        return Row(f"Soak ({minutes:g} min)", f"mixed load: {rate:g} calls/s (80% 0.2 s, 20% 5 s), 10 texts/s",
-                   f"{len(completed)} calls, {len(acked)} texts", lost, dup, None,
-                   f"RSS {first[1]} -> {last[1]} kB, fds {first[2]} -> {last[2]}, tasks {first[3]:.0f} -> "
-                   f"{last[3]:.0f}, transactions {first[4]:.0f} -> {last[4]:.0f}; active calls at the end "
-                   f"{state['active_calls']}")  # fmt: skip
+        return Row(
+            f"Soak ({minutes:g} min)",
+            f"mixed load: {rate:g} calls/s (80% 0.2 s, 20% 5 s), 10 texts/s",
+            f"{len(completed)} calls, {len(acked)} texts",
+            lost,
+            dup,
+            None,
+            f"RSS {first[1]} -> {last[1]} kB, fds {first[2]} -> {last[2]}, tasks {first[3]:.0f} -> "
+            f"{last[3]:.0f}, transactions {first[4]:.0f} -> {last[4]:.0f}; active calls at the end "
+            f"{state['active_calls']}",
+        )
 
 
 def _rss(pid: int) -> int:

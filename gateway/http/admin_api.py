@@ -3,7 +3,6 @@ account; another account's resource answers 404, exactly like a missing one."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import asyncpg
@@ -20,6 +19,7 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
+from gateway.sip.digest import ha1
 from gateway.store import Conn, update_columns
 from gateway.store.api_keys import Principal, create_key
 from gateway.store.index_queries import fetch_account_numbers
@@ -295,7 +295,7 @@ async def _sip_credentials(changes: dict[str, Any], current_username: str | None
         if username is None:
             raise field_error("sip_username", "is required to set a SIP password")
         # RFC 8760/2617 digest: registrars keep HA1 = MD5(user:realm:password), never the password.
-        changes["sip_ha1"] = hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()  # noqa: S324
+        changes["sip_ha1"] = ha1(username, realm, password)
     elif changes.get("sip_username", "") is None:
         changes["sip_ha1"] = None
 
