@@ -106,6 +106,7 @@ async def start_sipp(
     auth: tuple[str, str] | None = None,
     trace_messages: bool = False,
     port: int | None = None,
+    rtt: bool = False,
 ) -> Sipp:
     """Start SIPp with ``scenario`` from tests/sipp; a UAS when ``remote`` is None."""
     work = workdir / name
@@ -130,6 +131,8 @@ async def start_sipp(
         args += ["-inf", str(inf)]
     if auth is not None:
         args += ["-au", auth[0], "-ap", auth[1]]
+    if rtt:
+        args += ["-trace_rtt", "-rtt_freq", "1"]
     if trace_messages:
         args += ["-trace_msg", "-message_file", str(work / "messages.log")]
     process = await asyncio.create_subprocess_exec(

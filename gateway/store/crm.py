@@ -181,13 +181,17 @@ async def may_use(
 
 async def _allowance(conn: Conn, account_id: int, user_id: int, kind: UsageKind, period: date) -> Any:
     """The user's allowance for ``kind``, their usage so far in ``period`` and the
-    account's over-quota mode. One round trip; LookupError outside the account."""
+    account's over-quota mode. One round trip; LookupError outside the account.
+    The period's sum is only computed for a user with an allowance: without one
+    nothing is ever over quota, and a busy shared agent must not pay a growing
+    sum on every text."""
     row = await conn.fetchrow(
-        "SELECT a.over_quota AS mode,"
-        " CASE WHEN $3 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END AS included,"
-        " COALESCE((SELECT sum(quantity) FROM usage_ledger l"
-        "  WHERE l.user_id = u.id AND l.period = $4 AND l.kind = $3), 0) AS used"
-        " FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.id = $1 AND u.account_id = $2",
+        "WITH u AS (SELECT u.id, a.over_quota AS mode,"
+        "  CASE WHEN $3 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END AS included"
+        "  FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.id = $1 AND u.account_id = $2)"
+        " SELECT mode, included, CASE WHEN included IS NULL THEN 0 ELSE COALESCE((SELECT sum(quantity)"
+        "  FROM usage_ledger l WHERE l.user_id = u.id AND l.period = $4 AND l.kind = $3), 0) END AS used"
+        " FROM u",
         user_id,
         account_id,
         kind,
