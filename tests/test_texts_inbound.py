@@ -324,3 +324,13 @@ async def test_database_down_text_is_acknowledged_from_the_outbox_and_stored_onc
             await check.close()
     finally:
         await gateway.stop()
+
+
+async def test_text_beyond_the_allowance_is_flagged_over_quota(gw: Gateway, conn: asyncpg.Connection) -> None:
+    """R9: usage past the package's allowance is recorded and flagged, never refused."""
+    acct, _, _ = await setup(conn, gw)
+    await conn.execute("UPDATE users SET included_segments = 2 WHERE id = $1", acct.owner_id)
+    assert (await twilio_post(gw, twilio_params("SMq1", NumSegments="2")))[0] == 200
+    assert (await twilio_post(gw, twilio_params("SMq2", NumSegments="1")))[0] == 200
+    rows = await conn.fetch("SELECT quantity, over_quota FROM usage_ledger ORDER BY id")
+    assert [tuple(r) for r in rows] == [(2, False), (1, True)]
