@@ -107,6 +107,7 @@ async def start_sipp(
     trace_messages: bool = False,
     port: int | None = None,
     rtt: bool = False,
+    timeout_s: int = 60,
 ) -> Sipp:
     """Start SIPp with ``scenario`` from tests/sipp; a UAS when ``remote`` is None."""
     work = workdir / name
@@ -116,7 +117,7 @@ async def start_sipp(
     if remote:
         args.append(remote)
     args += ["-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(port), "-m", str(calls), "-nostdin"]
-    args += ["-r", str(rate), "-timeout", "60s", "-max_retrans", "5"]
+    args += ["-r", str(rate), "-timeout", f"{timeout_s}s", "-max_retrans", "5"]
     args += ["-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1"]
     args += ["-trace_err", "-error_file", str(work / "errors.log")]
     if limit is not None:

@@ -371,6 +371,7 @@ async def soak(work: Path, minutes: float, rate: float) -> Row:
             ip=PHONE_IP,
             port=b.agent_port,
             calls=2 * (short_n + long_n),
+            timeout_s=int(seconds) + 180,
         )
         short = await start_sipp(
             "soak-short",
@@ -383,6 +384,7 @@ async def soak(work: Path, minutes: float, rate: float) -> Row:
             rate=rate * 0.95,
             limit=int(rate * 2) + 20,
             pause_ms=200,
+            timeout_s=int(seconds) + 120,
         )
         long = await start_sipp(
             "soak-long",
@@ -395,6 +397,7 @@ async def soak(work: Path, minutes: float, rate: float) -> Row:
             rate=rate * 0.05,
             limit=int(rate * 0.5) + 20,
             pause_ms=5000,
+            timeout_s=int(seconds) + 120,
         )
         acked: list[str] = []
         sender = asyncio.create_task(b.texts("SMs", 10, seconds, acked))
