@@ -7,6 +7,7 @@ answers -> 480 and an R8 notification, (d) R1 and R3 reach the right agent,
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -281,3 +282,45 @@ async def test_ring_all_first_answer_wins_and_the_others_are_cancelled(
     (row,) = await records(sip_gw, conn)
     assert row["answered_by"] == users[1]
     assert sorted(row["targets_tried"]) == sorted(users)
+
+
+@pytest.mark.timeout(90)
+async def test_a_caller_that_never_acks_is_hung_up_by_timer_h(
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Issue 7: the agent answers but the carrier never ACKs our 200. After 64*T1
+    (32 s) both sides get a BYE, the slot is free and the record says failed."""
+    acct = await factories.account(conn)
+    port = free_port(PHONE_IP)
+    await phone(conn, acct.agent_id, port)
+    number_id = await company_number(conn, acct, [acct.agent_id], max_concurrent_calls=1)
+    await routable(sip_gw, number_id, acct.agent_id)
+    agent = await start_sipp("agent", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=port)
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Carrier(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            got.put_nowait(data)
+
+    carrier_port = free_port(CARRIER_IP)
+    transport, _ = await loop.create_datagram_endpoint(Carrier, local_addr=(CARRIER_IP, carrier_port))
+    try:
+        invite = (
+            f"INVITE sip:{NUMBER}@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {CARRIER_IP}:{carrier_port};branch=z9hG4bK-noack\r\n"
+            f"From: <sip:+15557770042@{CARRIER_IP}>;tag=n\r\nTo: <sip:{NUMBER}@127.0.0.1>\r\n"
+            f"Call-ID: noack-1\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{CARRIER_IP}:{carrier_port}>\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert sip_gw.sip is not None
+        transport.sendto(invite.encode(), ("127.0.0.1", sip_gw.sip.port))
+        bye = b""
+        while not bye.startswith(b"BYE "):
+            bye = await asyncio.wait_for(got.get(), 40)  # 100, 180, 200 (retransmitted), then BYE
+        assert sip_gw.slots.total() == 0
+    finally:
+        transport.close()
+    assert await agent.wait(20) == 0, agent.errors()  # the agent got its BYE too
+    (row,) = await records(sip_gw, conn)
+    assert row["disposition"] == "failed" and row["answered_by"] == acct.agent_id
