@@ -122,7 +122,9 @@ class SipServer:
                 await asyncio.wait_for(self._idle.wait(), grace_s)
         for call in list(self.calls):
             call.abort()
-        await asyncio.sleep(0.05)  # let the BYEs and 503s leave
+        # Ended calls' records reach the disk first: the 200s to their BYEs wait for that.
+        await self.recorder.wait_durable(max(grace_s, 1.0))
+        await asyncio.sleep(0.05)  # let the BYEs, 200s and 503s leave
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -63,6 +63,8 @@ class Outbox:
         self._unwritten: list[_Entry] = []
         self._wake = asyncio.Event()  # new entries to make durable
         self._durable = asyncio.Event()  # new durable entries to apply
+        self._flushed = asyncio.Event()  # every entry so far is on disk
+        self._flushed.set()
         self._file_lock = asyncio.Lock()  # appends and the compaction never overlap
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,7 +123,15 @@ class Outbox:
 
     # -- the single writer --------------------------------------------------------
 
+    async def wait_durable(self, limit_s: float) -> bool:
+        """Wait until every entry so far is on disk and its callbacks have run
+        (a held-back BYE answer has been sent), or ``limit_s`` passes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flushed.wait(), limit_s)
+        return self._flushed.is_set()
+
     def _push(self, entry: _Entry) -> None:
+        self._flushed.clear()
         self._queue.append(entry)
         self._unwritten.append(entry)
         self._idle.clear()
@@ -139,6 +149,7 @@ class Outbox:
             while self._unwritten:
                 await self._persist()
             self._durable.set()
+            self._flushed.set()
 
     async def _apply_loop(self) -> None:
         backoff = 0.1
