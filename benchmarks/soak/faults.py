@@ -164,7 +164,7 @@ async def outage(work: Path) -> Row:
         return Row(
             "Postgres outage",
             "cluster stopped 30 s mid-traffic, then restarted",
-            f"{len(completed)} calls completed, {len(acked)} texts acknowledged",
+            _traffic(completed, acked),
             lost,
             dup,
             recovery,
@@ -182,9 +182,7 @@ async def kill9(work: Path) -> Row:
         b.gw.kill()
         await b.gw.wait()
         killed = time.monotonic()
-        await asyncio.gather(sender, return_exceptions=True)
-        await carrier.stop()
-        await agent.stop()
+        await _halt(sender, carrier, agent)
         b.gw = await b.start_gateway()
         settled = await b.gw.settled(60)
         recovery = time.monotonic() - killed
@@ -193,7 +191,7 @@ async def kill9(work: Path) -> Row:
         return Row(
             "kill -9 under load",
             "SIGKILL during 60 calls/s and 40 texts/s, then restart",
-            f"{len(completed)} calls completed, {len(acked)} texts acknowledged",
+            _traffic(completed, acked),
             lost,
             dup,
             recovery,
@@ -212,9 +210,7 @@ async def sigterm(work: Path) -> Row:
         b.gw.terminate()
         code = await b.gw.wait(30)
         drained = time.monotonic() - stopping
-        await asyncio.gather(sender, return_exceptions=True)
-        await carrier.stop()
-        await agent.stop()
+        await _halt(sender, carrier, agent)
         completed = completed_calls(carrier.messages())
         refused = carrier.messages().count("SIP/2.0 503 Service Unavailable")
         lost, dup = await b.losses(completed, acked)
@@ -222,7 +218,7 @@ async def sigterm(work: Path) -> Row:
         return Row(
             "SIGTERM under load",
             "graceful stop during 30 calls/s of 2 s calls and 20 texts/s",
-            f"{len(completed)} calls completed, {len(acked)} texts acknowledged",
+            _traffic(completed, acked),
             lost,
             dup,
             drained,
@@ -453,6 +449,17 @@ async def _api_key(conn: asyncpg.Connection) -> str:
     account = await conn.fetchval("SELECT account_id FROM users WHERE id = $1", owner)
     key: str = await create_key(conn, account, owner, "soak")
     return key
+
+
+def _traffic(completed: set[str], acked: list[str]) -> str:
+    return f"{len(completed)} calls completed, {len(acked)} texts acknowledged"
+
+
+async def _halt(sender: asyncio.Task[None], carrier: Sipp, agent: Sipp) -> None:
+    """Stop the texting client and both SIPps (the gateway is gone or going)."""
+    await asyncio.gather(sender, return_exceptions=True)
+    await carrier.stop()
+    await agent.stop()
 
 
 def _rss(pid: int) -> int:

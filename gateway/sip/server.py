@@ -278,8 +278,9 @@ class SipServer:
         """Entry point for every parsed message. Never raises."""
         try:
             if isinstance(message, SipResponse):
-                self.metrics.count_message("in", cseq_method(message), message.status_code)
-                tx = self._clients.get(f"{top_branch(message)}:{cseq_method(message)}")
+                method = cseq_method(message)
+                self.metrics.count_message("in", method, message.status_code)
+                tx = self._clients.get(f"{top_branch(message)}:{method}")
                 if tx is not None:
                     tx.receive(message)
                 return
