@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +9,6 @@ from gateway.domain.call_slots import CallSlots
 from gateway.domain.calls import Step, Target, call_plan, carrier_status, disposition
 from gateway.domain.index import Index
 from gateway.domain.routing import Decision
-from gateway.sip.digest import DigestAuthority, ha1
 from tests.test_domain_routing import user
 
 
@@ -90,29 +87,3 @@ def test_dispositions_and_carrier_answers() -> None:
     assert disposition(answered=False, canceled=False, failed=False, rejected=False) == "no_answer"
     assert carrier_status("no_answer") == (480, "Temporarily Unavailable")
     assert carrier_status("busy_limit")[0] == 486
-
-
-def test_digest_accepts_the_right_response_only() -> None:
-    authority = DigestAuthority("gateway", b"k" * 32)
-    header = authority.challenge(now=1000)
-    nonce = header.split('nonce="')[1].split('"')[0]
-    secret_ha1 = ha1("alice", "gateway", "pw")
-
-    def md5(s: str) -> str:
-        return hashlib.md5(s.encode()).hexdigest()
-
-    ha2 = md5("INVITE:sip:+15550001111@gw")
-    good = md5(f"{secret_ha1}:{nonce}:00000001:abc:auth:{ha2}")
-    value = (
-        f'Digest username="alice", realm="gateway", nonce="{nonce}", uri="sip:+15550001111@gw", '
-        f'response="{good}", qop=auth, nc=00000001, cnonce="abc"'
-    )
-    creds = authority.credentials(value)
-    assert creds is not None
-    assert authority.verify(creds, "INVITE", secret_ha1, now=1010) == "ok"
-    assert authority.verify(creds, "INVITE", secret_ha1, now=1000 + 301) == "stale"
-    assert authority.verify(creds, "BYE", secret_ha1, now=1010) == "bad"  # signed for another method
-    assert authority.verify(creds, "INVITE", ha1("alice", "gateway", "other"), now=1010) == "bad"
-    forged = value.replace(nonce, "1000.0000")
-    assert authority.verify(authority.credentials(forged), "INVITE", secret_ha1, now=1010) == "bad"  # type: ignore[arg-type]
-    assert authority.credentials("Basic YWxpY2U6cHc=") is None

@@ -294,10 +294,13 @@ async def _sip_credentials(changes: dict[str, Any], current_username: str | None
     if password is not None:
         if username is None:
             raise field_error("sip_username", "is required to set a SIP password")
-        # RFC 8760/2617 digest: registrars keep HA1 = MD5(user:realm:password), never the password.
+        # RFC 2617/8760 digest: registrars keep HA1 = H(user:realm:password) per algorithm,
+        # never the password.
         changes["sip_ha1"] = ha1(username, realm, password)
+        changes["sip_ha1_sha256"] = ha1(username, realm, password, "SHA-256")
     elif changes.get("sip_username", "") is None:
         changes["sip_ha1"] = None
+        changes["sip_ha1_sha256"] = None
 
 
 async def _check_sender(conn: Conn, account_id: int, current: Any, package: str, sender: int | None) -> None:
