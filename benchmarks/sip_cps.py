@@ -7,7 +7,10 @@ a step passes when every call succeeds and none was refused (no 486, no
 timeout, no retransmission-induced failure). Reported, for each: the highest
 passing rate; then the INVITE->200 round trip (p50/p99, ms, as SIPp measures
 it) at half the gateway's maximum, through each and with no proxy at all,
-so the difference is the gateway's added setup latency.
+so the difference is the gateway's added setup latency. Last, lossy runs: the
+carrier SIPp drops 1% and then 10% of the messages it sends and receives
+(``-lost``), at a fixed modest rate, and the share of calls that complete
+(200, ACK, BYE, 200) is reported for each proxy: what a lossy trunk costs.
 
 The gateway runs as a real ``gateway serve`` process on its own Postgres
 cluster (call records written at call end, with default durability);
@@ -42,6 +45,7 @@ from tests.sipp_tools import SCENARIOS, free_port
 NUMBERS = 1000
 RATES = (100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 1800, 2000, 2500, 3000)
 CARRIER_IP, AGENT_IP = "127.0.0.2", "127.0.0.1"
+LOSSY_RATE = 100
 
 
 async def seed(dsn: str, agent_port: int, work: Path) -> Path:
@@ -167,7 +171,7 @@ async def sipp(args: list[str], cwd: Path, limit_s: float = 120) -> int:
 
 
 async def step(
-    target: str, rate: int, seconds: float, agent_port: int, inf: Path, work: Path
+    target: str, rate: int, seconds: float, agent_port: int, inf: Path, work: Path, lost: int = 0
 ) -> dict[str, float]:
     """One rate step; returns counts and the INVITE->200 round trips (ms)."""
     calls = int(rate * seconds)
@@ -216,7 +220,8 @@ async def step(
             "-timeout",
             f"{int(seconds) + 25}s",
             "-max_retrans",
-            "3",
+            "10" if lost else "3",
+            *(["-lost", str(lost)] if lost else []),
             "-trace_counts",
             "-trace_rtt",
             "-rtt_freq",
@@ -254,6 +259,7 @@ async def step(
         "ok": ok,
         "failed": failed,
         "busy": busy,
+        "share": ok / calls if calls else 0.0,
         "p50": p50,
         "p99": p99,
     }
@@ -330,6 +336,16 @@ async def main() -> None:
                 lat[name] = await step(target, half, args.step_seconds, port, inf, work)
                 print(f"latency at {half} calls/s via {name}: {lat[name]}", flush=True)
                 await asyncio.sleep(4.5)
+            lossy: dict[str, float] = {}
+            for loss in (1, 10):
+                for name, target, port in (
+                    ("gateway", f"127.0.0.1:{gw_port}", agent_port),
+                    ("kamailio", f"127.0.0.1:{kam_port}", kam_agent_port),
+                ):
+                    got = await step(target, LOSSY_RATE, args.step_seconds, port, inf, work, lost=loss)
+                    lossy[f"{name}_{loss}"] = got["share"]
+                    print(f"{loss}% loss at {LOSSY_RATE} calls/s via {name}: {got}", flush=True)
+                    await asyncio.sleep(4.5)
         finally:
             for proc in (gateway, kamailio):
                 if proc is not None and proc.returncode is None:
@@ -350,6 +366,10 @@ async def main() -> None:
             direct_p99_ms=lat["direct"]["p99"],
             added_p50_ms=lat["gateway"]["p50"] - lat["direct"]["p50"],
             added_p99_ms=lat["gateway"]["p99"] - lat["direct"]["p99"],
+            lost1_completed=lossy["gateway_1"],
+            lost1_kamailio=lossy["kamailio_1"],
+            lost10_completed=lossy["gateway_10"],
+            lost10_kamailio=lossy["kamailio_10"],
         ),
         flush=True,
     )

@@ -51,11 +51,13 @@ class SipSettings:
     trunk_cidrs: str = "127.0.0.1/32"
     outbound_trunk: str = ""
     outbound_ring_timeout_s: float = 60.0
-    max_call_s: float = 14400.0
+    max_call_s: float = 7200.0
+    session_expires_s: int = 1800
     max_message_bytes: int = 65535
     max_text_bytes: int = 4096
     per_number_metrics: int = 50
     nonce_secret: str = ""
+    digest_algorithms: str = "MD5,SHA-256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,9 +337,15 @@ def _check_sip(sip: SipSettings) -> None:
             raise ConfigError("sip.outbound_trunk", "must be host:port") from None
         if not host or not 0 < port <= 65535:
             raise ConfigError("sip.outbound_trunk", "must be host:port")
+    names = [name.strip().upper() for name in sip.digest_algorithms.split(",")]
+    if not names or any(name not in ("MD5", "SHA-256") for name in names):
+        raise ConfigError("sip.digest_algorithms", "must list MD5 and/or SHA-256, comma-separated")
+    if sip.session_expires_s < 90:
+        raise ConfigError("sip.session_expires_s", "must be at least 90 (RFC 4028 Min-SE)")
     for key, value in (
         ("sip.outbound_ring_timeout_s", sip.outbound_ring_timeout_s),
         ("sip.max_call_s", sip.max_call_s),
+        ("sip.session_expires_s", sip.session_expires_s),
         ("sip.max_message_bytes", sip.max_message_bytes),
         ("sip.max_text_bytes", sip.max_text_bytes),
         ("sip.per_number_metrics", sip.per_number_metrics),

@@ -24,13 +24,14 @@ from gateway.http.app import build_app
 from gateway.metrics import Metrics
 from gateway.providers import Providers
 from gateway.sip.metrics import SipMetrics
-from gateway.sip.server import SipServer
+from gateway.sip.service import SipService
 from gateway.store import demo
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.events import EventHub
 from gateway.store.index_keeper import IndexKeeper
 from gateway.store.migrations import migrate
 from gateway.store.outbox import Outbox
+from gateway.store.sip_store import PgSipStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Gateway:
         self.http_port: int | None = None
         self.slots = CallSlots()
         self.recorder: Outbox | None = None
-        self.sip: SipServer | None = None
+        self.sip: SipService | None = None
 
     async def start(self) -> None:
         db = self.settings.database
@@ -115,10 +116,10 @@ class Gateway:
         await site.start()
         self.http_port = self._bound_port()
         log.info("HTTP listening on %s:%s", self.settings.http.host, self.http_port)
-        self.sip = SipServer(
+        self.sip = SipService(
             self.settings.sip,
             lambda: keeper.index,
-            pool,
+            PgSipStore(pool, lambda: keeper.index),
             SipMetrics(self.metrics.registry, self.slots, self.settings.sip.per_number_metrics),
             self.slots,
             self.recorder,

@@ -104,10 +104,13 @@ async def start_sipp(
     pause_ms: int | None = None,
     rows: list[list[str]] | None = None,
     auth: tuple[str, str] | None = None,
+    auth_uri: str | None = None,
     trace_messages: bool = False,
     port: int | None = None,
     rtt: bool = False,
     timeout_s: int = 60,
+    lost: int = 0,
+    transport: str = "u1",
 ) -> Sipp:
     """Start SIPp with ``scenario`` from tests/sipp; a UAS when ``remote`` is None."""
     work = workdir / name
@@ -132,6 +135,12 @@ async def start_sipp(
         args += ["-inf", str(inf)]
     if auth is not None:
         args += ["-au", auth[0], "-ap", auth[1]]
+    if auth_uri is not None:  # SIPp signs sip:<remote> unless given the Request-URI (less sip:)
+        args += ["-auth_uri", auth_uri]
+    if lost:  # SIPp drops this percentage of the messages it sends and receives
+        args += ["-lost", str(lost)]
+    if transport != "u1":
+        args += ["-t", transport]
     if rtt:
         args += ["-trace_rtt", "-rtt_freq", "1"]
     if trace_messages:

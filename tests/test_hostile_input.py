@@ -137,7 +137,7 @@ async def test_mutated_sip_burst_leaves_the_server_answering(gw: Gateway, conn: 
     assert pong.startswith(b"SIP/2.0 200")
     assert gw.metrics.registry.get_sample_value("gateway_sip_handler_errors_total") == 0
     assert gw.recorder is not None and await gw.recorder.drain(10)
-    assert gw.slots.total() == 0 and not gw.sip.calls
+    assert gw.slots.total() == 0 and not gw.sip.core.calls
 
 
 async def test_failed_sip_attempts_from_one_source_are_silenced(gw: Gateway) -> None:

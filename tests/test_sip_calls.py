@@ -18,6 +18,7 @@ from tests import factories
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp
 
 NUMBER = "+15550140000"
+SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -311,8 +312,8 @@ async def test_a_caller_that_never_acks_is_hung_up_by_timer_h(
             f"Via: SIP/2.0/UDP {CARRIER_IP}:{carrier_port};branch=z9hG4bK-noack\r\n"
             f"From: <sip:+15557770042@{CARRIER_IP}>;tag=n\r\nTo: <sip:{NUMBER}@127.0.0.1>\r\n"
             f"Call-ID: noack-1\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{CARRIER_IP}:{carrier_port}>\r\n"
-            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
+            f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n"
+        ) + SDP
         assert sip_gw.sip is not None
         transport.sendto(invite.encode(), ("127.0.0.1", sip_gw.sip.port))
         bye = b""

@@ -66,6 +66,7 @@ async def test_each_caller_id_choice_reaches_the_trunk(
         limit=1,
         rows=[[LEAD_PHONE, choice] for choice, _ in choices],
         auth=("owner1", "s3cret-owner"),
+        auth_uri=f"{LEAD_PHONE}@{sip_target(sip_gw)}",
     )
     assert await phone.wait(40) == 0, phone.errors()
     assert await trunk.wait(20) == 0, trunk.errors()
@@ -113,6 +114,7 @@ async def test_a_caller_id_the_user_may_not_use_is_refused(
         limit=1,
         rows=[[LEAD_PHONE, "personal"], [LEAD_PHONE, "bridge"]],
         auth=("agent1", "s3cret-agent"),
+        auth_uri=f"{LEAD_PHONE}@{sip_target(sip_gw)}",
     )
     assert await phone.wait(20) == 0, phone.errors()
 
@@ -137,4 +139,4 @@ async def test_wrong_password_and_no_credentials(sip_gw: Gateway, conn: asyncpg.
     invite2 = invite.replace("z9hG4bK-o1", "z9hG4bK-o2").replace("CSeq: 1", "CSeq: 2")
     replies = await udp_exchange(invite2.format(auth=wrong).encode(), target, source_ip=PHONE_IP, expect=2)
     assert replies[-1].startswith(b"SIP/2.0 403")
-    assert sip_gw.sip is not None and not sip_gw.sip.calls
+    assert sip_gw.sip is not None and not sip_gw.sip.core.calls

@@ -9,14 +9,25 @@ for ``sendto``); see the note in README.
 
 Every byte that arrives goes through :meth:`SipTransports._deliver`, which
 never raises: unparseable input is counted and dropped, and a handler's
-exception is counted and logged instead of reaching the loop.
+exception is counted and logged instead of reaching the loop. CRLFs before a
+start line are skipped (RFC 3261 §7.5); a CRLFCRLF keep-alive on TCP is
+answered with a CRLF pong (RFC 5626 §3.5.1).
+
+Destinations given as host names are resolved (A/AAAA through the loop's
+resolver) and cached for ``NAME_TTL_S``; datagrams for a name being resolved
+wait for the answer, and an unresolvable name drops them (the transaction's
+timer then fails the request). SRV/NAPTR (RFC 3263) are not looked up: a
+name is used with the port its URI gives, or 5060.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,6 +41,8 @@ logging.getLogger("aiosipua").setLevel(logging.ERROR)
 
 MAX_HEADER_BYTES = 16 * 1024
 READ_IDLE_S = 300.0  # a TCP peer silent this long is closed
+NAME_TTL_S = 60.0
+MAX_WAITING_PER_NAME = 256
 
 
 class Peer(NamedTuple):
@@ -42,17 +55,34 @@ Handler = Callable[[SipRequest | SipResponse, Peer], None]
 Rejecter = Callable[[Peer], None]
 
 
+def is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class SipTransports:
     """One UDP socket and one TCP listener on ``host:port``; replies go out the
     way the request came in (TCP on its connection, UDP from our socket)."""
 
     def __init__(
-        self, host: str, port: int, handler: Handler, on_malformed: Rejecter, max_bytes: int
+        self,
+        host: str,
+        port: int,
+        handler: Handler,
+        on_malformed: Rejecter,
+        max_bytes: int,
+        on_bad_version: Handler | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._handler = handler
         self._on_malformed = on_malformed
+        self._on_bad_version = on_bad_version
+        self._names: dict[str, tuple[float, str | None]] = {}  # name -> (expires, address)
+        self._resolving: dict[str, list[tuple[bytes, int]]] = {}
         self._max_bytes = max_bytes
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -107,23 +137,70 @@ class SipTransports:
             return True
         if self._udp is None or self._udp.is_closing():
             return False
+        host = peer.host
+        if not is_address(host):
+            cached = self._names.get(host)
+            if cached is None or cached[0] < time.monotonic():
+                self._resolve_then_send(host, data, peer.port)
+                return True
+            if cached[1] is None:
+                return False  # known not to resolve
+            host = cached[1]
         try:
-            self._udp.sendto(data, (peer.host, peer.port))
+            self._udp.sendto(data, (host, peer.port))
         except (OSError, ValueError) as exc:  # unresolvable or unreachable target
             log.warning("SIP send to %s:%s failed: %s", peer.host, peer.port, exc)
             return False
         return True
 
+    def _resolve_then_send(self, name: str, data: bytes, port: int) -> None:
+        waiting = self._resolving.get(name)
+        if waiting is not None:
+            if len(waiting) < MAX_WAITING_PER_NAME:
+                waiting.append((data, port))
+            return
+        self._resolving[name] = [(data, port)]
+        task = asyncio.get_running_loop().create_task(self._resolve(name))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    async def _resolve(self, name: str) -> None:
+        address: str | None = None
+        try:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_DGRAM), 5.0
+            )
+            for family, *_, sockaddr in infos:
+                if family == socket.AF_INET:  # IPv4 first: our UDP socket is IPv4 unless bound to ::
+                    address = str(sockaddr[0])
+                    break
+        except (OSError, TimeoutError, UnicodeError) as exc:
+            log.warning("SIP destination %s does not resolve: %s", name, exc)
+        self._names[name] = (time.monotonic() + NAME_TTL_S, address)
+        if len(self._names) > 10_000:
+            self._names.pop(next(iter(self._names)))
+        waiting = self._resolving.pop(name, [])
+        if address is None or self._udp is None or self._udp.is_closing():
+            return
+        for data, port in waiting:
+            with contextlib.suppress(OSError, ValueError):
+                self._udp.sendto(data, (address, port))
+
     def _deliver(self, data: bytes, peer: Peer) -> None:
-        if not data.strip():
-            return  # CRLF keep-alive (RFC 5626)
         if len(data) > self._max_bytes:
             self._on_malformed(peer)
             return
+        if data[:1] in (b"\r", b"\n"):
+            data = data.lstrip(b"\r\n")  # CRLFs before the start line (RFC 3261 §7.5)
+            if not data.strip():
+                return  # a CRLF keep-alive (RFC 5626)
         try:
             message = parse(data)
         except Exception:
             self._on_malformed(peer)
+            return
+        if not _version_ok(data, message) and self._on_bad_version is not None:
+            self._on_bad_version(message, peer)
             return
         self._handler(message, peer)
 
@@ -136,7 +213,7 @@ class SipTransports:
             self._readers.add(task)
         try:
             while True:
-                data = await asyncio.wait_for(self._read_message(reader), READ_IDLE_S)
+                data = await asyncio.wait_for(self._read_message(reader, writer), READ_IDLE_S)
                 if data is None:
                     break
                 self._deliver(data, peer)
@@ -154,7 +231,7 @@ class SipTransports:
                 self._readers.discard(task)
             writer.close()
 
-    async def _read_message(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _read_message(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
         """One message framed by Content-Length (RFC 3261 §18.3); None at EOF.
         Raises ValueError for a frame we refuse (too big, bad length)."""
         while True:
@@ -165,7 +242,10 @@ class SipTransports:
                     raise
                 return None
             if head.strip():
-                break  # skip CRLF keep-alives between messages
+                break
+            if head.endswith(b"\r\n\r\n"):  # a CRLFCRLF ping: pong (RFC 5626 §3.5.1)
+                writer.write(b"\r\n")
+        head = head.lstrip(b"\r\n")
         length = 0
         for line in head.split(b"\r\n"):
             name, _, value = line.partition(b":")
@@ -190,3 +270,12 @@ class _Datagrams(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a vanished phone: the transaction timers handle it.
         log.debug("SIP UDP error: %s", exc)
+
+
+def _version_ok(data: bytes, message: SipRequest | SipResponse) -> bool:
+    """Requests must say SIP/2.0 at the end of their start line (505 otherwise)."""
+    if not isinstance(message, SipRequest):
+        return True
+    end = data.find(b"\n")
+    line = data[:end] if end >= 0 else data
+    return line.rstrip().upper().endswith(b" SIP/2.0")

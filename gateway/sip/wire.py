@@ -14,6 +14,9 @@ from gateway.domain.phone import to_e164
 MAGIC_COOKIE = "z9hG4bK"
 SERVER_NAME = "gateway"
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE, UPDATE, INFO"
+# Extensions we support (RFC 4028 session timers); any other in Require gets 420.
+SUPPORTED = "timer"
+_SUPPORTED_OPTIONS = frozenset(("timer",))
 # Methods a SIP element may know but this gateway does not serve: 405, not 501.
 KNOWN_UNSUPPORTED = frozenset(("REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "PRACK"))
 
@@ -35,7 +38,7 @@ def utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def problems(request: SipRequest) -> str | None:
+def problems(request: SipRequest, transport: str = "udp") -> str | None:
     """Why ``request`` cannot be served (400), or None. Cheap checks only."""
     missing = missing_required_headers(request)
     if missing:
@@ -46,7 +49,67 @@ def problems(request: SipRequest) -> str | None:
         return "Bad CSeq"
     if not request.uri.lower().startswith(("sip:", "sips:", "tel:")):
         return "Bad Request-URI"
+    length = request.headers.get_first("content-length")
+    if length is not None:
+        length = length.strip()
+        # RFC 3261 §18.3: over UDP a body shorter than its Content-Length is an error
+        if not length.isdigit() or len(length) > 9:
+            return "Bad Content-Length"
+        if int(length) > len(request.body):
+            return "Body Shorter Than Content-Length"
+    forwards = request.headers.get_first("max-forwards")
+    if forwards is not None and (not forwards.strip().isdigit() or len(forwards.strip()) > 3):
+        return "Bad Max-Forwards"
     return None
+
+
+def stamp_via(request: SipRequest, peer: object) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581: note on the top Via where the request
+    really came from (``received``) and, when asked, from which port
+    (``rport``), so every response built from it says so."""
+    vias = request.headers.get("via")
+    if not vias:
+        return
+    host, port = peer.host, peer.port  # type: ignore[attr-defined]
+    top = vias[0]
+    head, _, params = top.partition(";")
+    sent_by = head.strip().split(None, 1)[-1]
+    sent_host = sent_by.rsplit(":", 1)[0] if sent_by.count(":") == 1 else sent_by.strip("[]")
+    parts = [p for p in params.split(";") if p] if params else []
+    wants_rport = False
+    kept = []
+    for part in parts:
+        name = part.strip().split("=", 1)[0].lower()
+        if name == "rport":
+            wants_rport = True
+            continue
+        if name == "received":
+            continue
+        kept.append(part.strip())
+    if wants_rport:
+        kept += [f"received={host}", f"rport={port}"]
+    elif sent_host != host:
+        kept.append(f"received={host}")
+    else:
+        return
+    vias[0] = head + "".join(f";{part}" for part in kept)
+
+
+def unsupported_required(request: SipRequest) -> list[str]:
+    """Option tags in ``Require`` that we do not support (420, RFC 3261 §8.2.2.3)."""
+    unknown = []
+    for value in request.headers.get("require"):
+        for option in value.split(","):
+            tag = option.strip()
+            if tag and tag.lower() not in _SUPPORTED_OPTIONS:
+                unknown.append(tag)
+    return unknown
+
+
+def vias_carry(request: SipRequest, marker: str) -> bool:
+    """Whether any Via's branch carries ``marker`` (the request passed us before)."""
+    needle = MAGIC_COOKIE + marker
+    return any(needle in via for via in request.headers.get("via"))
 
 
 def cseq_number(message: SipRequest | SipResponse) -> int:

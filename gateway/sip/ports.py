@@ -1,0 +1,44 @@
+"""What the SIP side needs from the database, as small interfaces that
+``store/`` implements (:class:`gateway.store.sip_store.PgSipStore`): ``sip/``
+holds no SQL and no pool. Each call is one round trip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.domain.index import Number
+from gateway.domain.routing import Decision
+from gateway.sip.digest import StoredKeys
+from gateway.store.texts import Accepted, InboundText
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or did not answer in time."""
+
+
+class StoreRejected(Exception):
+    """The database refused the data itself (a value it cannot store): a
+    client's error, never a reason to queue the write for later."""
+
+
+@dataclass(frozen=True, slots=True)
+class SipUser:
+    user_id: int
+    account_id: int
+    keys: StoredKeys
+
+
+class SipStore(Protocol):
+    async def rotate(self, number: Number, caller: str | None) -> Decision:
+        """R4 round robin: the decision with the number's shared turn claimed."""
+
+    async def sip_user(self, username: str) -> SipUser | None:
+        """The user whose phone authenticates as ``username`` (any case)."""
+
+    async def account_numbers(self, account_id: int) -> list[Number]:
+        """Every number of the account (for R11's caller-ID choice)."""
+
+    async def accept_text(self, text: InboundText) -> Accepted:
+        """Store an inbound text exactly once. Raises texts.UnknownNumber,
+        StoreRejected (bad data) or StoreUnavailable (database away)."""
