@@ -272,3 +272,86 @@ async def test_a_captured_authorization_cannot_be_replayed(sip_gw: Gateway, conn
     )
     assert again[-1].startswith(b"SIP/2.0 403")  # the same nc on a new Call-ID
     assert not sip_gw.sip.core.calls or all(c.outcome.callee == "+15551112222" for c in sip_gw.sip.core.calls)
+
+
+async def test_bye_in_the_early_dialog_stops_the_ringing_and_frees_the_slot(
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Defect 3: a BYE with the 180's To tag got 481 and the agent kept ringing."""
+    acct = await factories.account(conn)
+    port = free_port(PHONE_IP)
+    await phone(conn, acct.agent_id, port)
+    number_id = await company_number(conn, acct, [acct.agent_id], max_concurrent_calls=1)
+    await routable(sip_gw, number_id, acct.agent_id)
+    ringing = await start_sipp("ringing", "uas_ring_only.xml", tmp_path, ip=PHONE_IP, port=port)
+    caller = await start_sipp(
+        "caller", "uac_early_bye.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(sip_gw), service=NUMBER
+    )
+    assert await caller.wait(15) == 0, caller.errors()
+    assert await ringing.wait(15) == 0, ringing.errors()  # it was CANCELled
+    assert [r["disposition"] for r in await records(sip_gw, conn)] == ["canceled"]
+    assert sip_gw.slots.total() == 0
+
+
+async def test_delayed_offer_reaches_the_agent_in_the_ack(
+    sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Defect 7: the caller's answer (in its ACK) never reached the agent; the
+    gateway sent an empty ACK of its own first. Both SIPps check the SDP."""
+    acct = await factories.account(conn)
+    port = free_port(PHONE_IP)
+    await phone(conn, acct.agent_id, port)
+    number_id = await company_number(conn, acct, [acct.agent_id])
+    await routable(sip_gw, number_id, acct.agent_id)
+    agent = await start_sipp("agent", "uas_delayed_offer.xml", tmp_path, ip=PHONE_IP, port=port)
+    caller = await start_sipp(
+        "caller", "uac_delayed_offer.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(sip_gw), service=NUMBER
+    )
+    assert await caller.wait(15) == 0, caller.errors()
+    assert await agent.wait(15) == 0, agent.errors()
+    assert [r["disposition"] for r in await records(sip_gw, conn)] == ["answered"]
+
+
+async def test_a_retransmitted_cancel_is_answered_200_again(
+    sip_gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Defect 3: the retransmission of a CANCEL whose 200 was lost got 481."""
+    acct = await factories.account(conn)
+    number_id = await company_number(conn, acct, [acct.agent_id])
+    await conn.execute(
+        "UPDATE users SET call_destination = 'sip:agent@127.0.0.1:9' WHERE id = $1", acct.agent_id
+    )
+    await routable(sip_gw, number_id, acct.agent_id)
+    assert sip_gw.sip is not None
+    target = ("127.0.0.1", sip_gw.sip.port)
+    head = (
+        f"sip:{NUMBER}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER_IP}:5997;branch=z9hG4bK-cx\r\n"
+        f"From: <sip:+15557770043@{CARRIER_IP}>;tag=x\r\nTo: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: cx-1\r\n"
+        "Max-Forwards: 70\r\n"
+    )
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Carrier(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            got.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Carrier, local_addr=(CARRIER_IP, 5997))
+
+    async def answers(count: int) -> list[bytes]:
+        return [(await asyncio.wait_for(got.get(), 3)).split(b"\r\n", 1)[0] for _ in range(count)]
+
+    try:
+        transport.sendto(f"INVITE {head}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n".encode(), target)
+        assert await answers(1) == [b"SIP/2.0 100 Trying"]
+        cancel = f"CANCEL {head}CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n".encode()
+        transport.sendto(cancel, target)
+        assert sorted(await answers(2)) == [b"SIP/2.0 200 OK", b"SIP/2.0 487 Request Terminated"]
+        transport.sendto(cancel, target)  # as if the 200 was lost
+        again = await answers(1)
+        while again == [b"SIP/2.0 487 Request Terminated"]:  # Timer G repeats the unACKed 487
+            again = await answers(1)
+        assert again == [b"SIP/2.0 200 OK"]
+    finally:
+        transport.close()
+    assert sip_gw.slots.total() == 0

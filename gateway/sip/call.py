@@ -89,6 +89,7 @@ class Relay:
     server: ServerTx
     client: ClientTx
     other: Side
+    cseq: int  # of the re-INVITE we got: its ACK carries it
     forwarded_cseq: int
     ack: tuple[bytes, Peer] | None = None  # our ACK to the other side, repeated for its 2xx copies
     answered: bool = False
@@ -436,7 +437,7 @@ class Call:
         if not isinstance(side, Side) or side.relay is None:
             return
         relay = side.relay
-        if relay.answered and cseq_number(req) == cseq_number(relay.server.request):
+        if relay.answered and cseq_number(req) == relay.cseq:
             side.relay = None
             self.host.acked(relay.server)
             other = relay.other
@@ -568,7 +569,7 @@ class Call:
 
         client = self.host.request(fwd, other.dialog.peer, relayed, timed_out)
         if req.method == "INVITE":
-            relay = Relay(rec, client, other, cseq_number(fwd))
+            relay = Relay(rec, client, other, cseq_number(req), cseq_number(fwd))
             relay_ref.append(relay)
             side.relay = relay
 
@@ -687,8 +688,10 @@ class Call:
         if self._step_timer is not None:
             self._step_timer.cancel()
         host = self.host
-        host.acked(self.caller.ist)  # no more 2xx retransmissions to a caller that is gone
-        self.caller.ist.on_failure = None
+        ist = self.caller.ist
+        host.acked(ist)  # no more 2xx retransmissions to a caller that is gone
+        ist.on_failure = None
+        ist.call = None  # the transaction lingers 32 s; the call need not
         for side in (self.caller, *self.legs):
             if side.session_timer is not None:
                 side.session_timer.cancel()
@@ -699,13 +702,21 @@ class Call:
             host.unbind_dialog(leg.call_id, leg.tag)
             if leg.tx is not None:
                 # Finished legs only repeat their ACK from now on (a late 2xx
-                # copy); dropping the reference to this call keeps ended calls
-                # cheap for the GC.
-                leg.tx.on_response = partial(_late_answer, host, leg)
+                # copy); holding bytes rather than this call keeps ended calls
+                # cheap for the GC while their transactions linger.
+                if leg.ack is not None:
+                    leg.tx.on_response = partial(_repeat_ack, host, leg.ack)
+                else:
+                    leg.tx.on_response = partial(_late_answer, host, leg)
                 leg.tx.on_failure = None
         self.outcome.ended_at = time.time()
         self.outcome.disposition = disp
         self.on_end(self)
+
+
+def _repeat_ack(host: SipServer, ack: tuple[bytes, Peer], resp: SipResponse) -> None:
+    if 200 <= resp.status_code < 300:
+        host.send_raw(ack[0], ack[1], "ACK", None)
 
 
 def _late_answer(host: SipServer, leg: Leg, resp: SipResponse) -> None:

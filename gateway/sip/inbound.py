@@ -85,6 +85,7 @@ def _busy(
 ) -> None:
     """R7: 486 with Warning and Reason saying why, counted and recorded."""
     limit = number.max_concurrent_calls
+    call_id = rec.request.headers.get_first("call-id") or ""  # read before the final settles rec
     server.metrics.count_limit_rejection(number.id)
     server.metrics.calls.labels("inbound", "busy_limit").inc()
     server.reply(
@@ -98,7 +99,7 @@ def _busy(
     )
     server.recorder.add_call(
         CallRecord(
-            sip_call_id=rec.request.headers.get_first("call-id") or "",
+            sip_call_id=call_id,
             direction="inbound",
             number=number,
             caller=caller or "anonymous",

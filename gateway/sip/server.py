@@ -158,6 +158,7 @@ class SipServer:
         self._clients: dict[str, ClientTx] = {}
         self._servers: dict[str, ServerTx] = {}
         self._dialogs: dict[tuple[str, str], tuple[Call, object]] = {}
+        self._trunk_cache: dict[str, bool] = {}
         self.metrics.transactions.set_function(lambda: len(self._clients) + len(self._servers))
 
     def bind(self, host: str, port: int) -> None:
@@ -216,7 +217,7 @@ class SipServer:
     def respond(self, rec: ServerTx, resp: SipResponse) -> None:
         """Answer through a server transaction (ignored once it has a final)."""
         data = encode(resp)
-        self.metrics.count_message("out", rec.request.method, resp.status_code)
+        self.metrics.count_message("out", cseq_method(resp), resp.status_code)
         self._apply(rec, rec.machine.respond(data, resp.status_code, self.now()))
 
     def acked(self, rec: ServerTx) -> None:
@@ -315,11 +316,19 @@ class SipServer:
         return destination
 
     def is_trunk(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in net for net in self.trunks)
+        """Cached per source address (asked for every INVITE and MESSAGE)."""
+        known = self._trunk_cache.get(host)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in net for net in self.trunks)
+            if len(self._trunk_cache) >= 65536:
+                self._trunk_cache.clear()
+            self._trunk_cache[host] = known
+        return known
 
     def reply(
         self,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -55,7 +56,9 @@ Handler = Callable[[SipRequest | SipResponse, Peer], None]
 Rejecter = Callable[[Peer], None]
 
 
+@functools.lru_cache(maxsize=65536)
 def is_address(host: str) -> bool:
+    """Cached: asked for every datagram sent, and peers repeat."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
