@@ -54,6 +54,7 @@ class SipSettings:
     max_call_s: float = 7200.0
     session_expires_s: int = 1800
     max_message_bytes: int = 65535
+    udp_receive_buffer_bytes: int = 4_194_304
     max_text_bytes: int = 4096
     per_number_metrics: int = 50
     nonce_secret: str = ""
@@ -347,6 +348,7 @@ def _check_sip(sip: SipSettings) -> None:
         ("sip.max_call_s", sip.max_call_s),
         ("sip.session_expires_s", sip.session_expires_s),
         ("sip.max_message_bytes", sip.max_message_bytes),
+        ("sip.udp_receive_buffer_bytes", sip.udp_receive_buffer_bytes),
         ("sip.max_text_bytes", sip.max_text_bytes),
         ("sip.per_number_metrics", sip.per_number_metrics),
     ):

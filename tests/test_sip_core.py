@@ -366,3 +366,18 @@ def test_every_transaction_and_timer_ends() -> None:
     h.advance(3 * TIMEOUT)
     assert h.core._clients == {} and h.core._servers == {} and h.core._dialogs == {}
     assert h.clock.pending() == 0 and h.slots.total() == 0
+
+
+def test_options_and_unknown_methods_are_answered_without_keeping_state() -> None:
+    """A scanner's OPTIONS flood must leave no transaction behind for 32 s."""
+    h = Harness()
+    options = invite("z9hG4bKo1", call_id="o1").replace("INVITE sip", "OPTIONS sip", 1)
+    options = options.replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS")
+    h.deliver(options)
+    h.deliver(options)  # a retransmission gets the same answer, same tag
+    first, second = h.wire.take()
+    assert first.code == second.code == 200 and to_tag(first.message) == to_tag(second.message)
+    h.deliver(options.replace("OPTIONS sip", "SUBSCRIBE sip", 1).replace("1 OPTIONS", "1 SUBSCRIBE"))
+    h.deliver(options.replace("OPTIONS sip", "FROBNICATE sip", 1).replace("1 OPTIONS", "1 FROBNICATE"))
+    assert [s.code for s in h.wire.take()] == [405, 501]
+    assert h.core._servers == {} and h.clock.pending() == 0

@@ -20,6 +20,7 @@ rest 501.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import secrets
@@ -425,6 +426,9 @@ class SipServer:
         ):
             self.metrics.refused.labels("throttled").inc()
             return  # silence: a scanner learns nothing and costs nothing
+        if method not in STATEFUL:
+            self._stateless(req, peer)
+            return
         reliable = peer.transport != "udp"
         machine: tx.Server = (
             tx.ServerInvite(req, reliable=reliable)
@@ -456,12 +460,25 @@ class SipServer:
             self._invite(rec)
         elif method == "MESSAGE":
             receive_text(self, rec)
-        elif method == "OPTIONS":
-            self.reply(rec, 200, "OK", headers=(("Allow", ALLOW), ("Accept", "application/sdp, text/plain")))
-        elif method in KNOWN_UNSUPPORTED or method in ("BYE", "UPDATE", "INFO"):
+        else:  # BYE, UPDATE, INFO outside a dialog
             self.reply(rec, 405, "Method Not Allowed", headers=(("Allow", ALLOW),))
+
+    def _stateless(self, req: SipRequest, peer: Peer) -> None:
+        """OPTIONS, and methods we do not serve: the same answer every time, so
+        no transaction is kept (a scanner's flood leaves no state behind)."""
+        if req.method == "OPTIONS":
+            status, reason = 200, "OK"
+            headers: tuple[tuple[str, str], ...] = (
+                ("Allow", ALLOW),
+                ("Accept", "application/sdp, text/plain"),
+                ("Supported", SUPPORTED),
+            )
+        elif req.method in KNOWN_UNSUPPORTED:
+            status, reason, headers = 405, "Method Not Allowed", (("Allow", ALLOW),)
         else:
-            self.reply(rec, 501, "Not Implemented", headers=(("Allow", ALLOW),))
+            status, reason, headers = 501, "Not Implemented", (("Allow", ALLOW),)
+        tag = tag_of(req.headers.get_first("to")) or _stateless_tag(req)
+        self.send(response(req, status, reason, to_tag=tag, headers=headers), peer)
 
     def _refusal(self, req: SipRequest) -> tuple[int, str, tuple[tuple[str, str], ...]] | None:
         """483, 482 and 420 (RFC 3261 §8.2.2, §16.3, §8.2.2.3)."""
@@ -526,6 +543,16 @@ def server_key(req: SipRequest, method: str | None = None) -> str:
         return f"{branch} {name}"
     cseq = (req.headers.get_first("cseq") or "").strip().split(" ", 1)[0]
     return f"{req.headers.get_first('call-id')} {cseq} {tag_of(req.headers.get_first('from'))} {name}"
+
+
+# Requests answered through a server transaction; the rest statelessly.
+STATEFUL = frozenset(("INVITE", "CANCEL", "BYE", "MESSAGE", "UPDATE", "INFO"))
+
+
+def _stateless_tag(req: SipRequest) -> str:
+    """A To tag that is the same for every retransmission (RFC 3261 §8.2.6.2)."""
+    seed = f"{req.headers.get_first('call-id')}|{top_branch(req)}"
+    return hashlib.blake2s(seed.encode(), digest_size=4).hexdigest()
 
 
 def _invite_to_tag(invite: ServerTx) -> str | None:

@@ -46,6 +46,7 @@ class SipService:
             lambda peer: self.core.malformed(peer),
             settings.max_message_bytes,
             lambda message, peer: self.core.bad_version(message, peer),
+            settings.udp_receive_buffer_bytes,
         )
         self.core = SipServer(
             settings,

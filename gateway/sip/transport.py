@@ -78,12 +78,14 @@ class SipTransports:
         on_malformed: Rejecter,
         max_bytes: int,
         on_bad_version: Handler | None = None,
+        receive_buffer: int = 0,
     ) -> None:
         self._host = host
         self._port = port
         self._handler = handler
         self._on_malformed = on_malformed
         self._on_bad_version = on_bad_version
+        self._receive_buffer = receive_buffer
         self._names: dict[str, tuple[float, str | None]] = {}  # name -> (expires, address)
         self._resolving: dict[str, list[tuple[bytes, int]]] = {}
         self._max_bytes = max_bytes
@@ -98,7 +100,7 @@ class SipTransports:
         loop = asyncio.get_running_loop()
         for attempt in range(20):  # port 0: the UDP port picked may be taken for TCP; pick again
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(self._host, self._port)
+                lambda: _Datagrams(self), sock=self._udp_socket()
             )
             self._udp = transport
             self.port = int(transport.get_extra_info("sockname")[1])
@@ -111,6 +113,23 @@ class SipTransports:
                 transport.close()
                 if self._port != 0 or attempt == 19:
                     raise
+
+    def _udp_socket(self) -> socket.socket:
+        """The UDP socket, with a receive buffer large enough to ride out a
+        short stall at hundreds of calls a second (the kernel's default, about
+        200 KB, holds a few hundred datagrams; Linux caps the request at
+        net.core.rmem_max)."""
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if self._receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+            sock.bind((self._host, self._port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
 
     async def stop(self) -> None:
         if self._tcp is not None:
