@@ -159,14 +159,7 @@ async def udp_exchange(
     data: bytes, target: tuple[str, int], *, source_ip: str = CARRIER_IP, wait_s: float = 1.0, expect: int = 1
 ) -> list[bytes]:
     """Send one datagram from ``source_ip`` and collect up to ``expect`` replies."""
-    loop = asyncio.get_running_loop()
-    replies: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class Collect(asyncio.DatagramProtocol):
-        def datagram_received(self, payload: bytes, addr: object) -> None:
-            replies.put_nowait(payload)
-
-    transport, _ = await loop.create_datagram_endpoint(Collect, local_addr=(source_ip, 0))
+    transport, replies = await udp_endpoint(source_ip)
     try:
         transport.sendto(data, target)
         got: list[bytes] = []
@@ -176,3 +169,17 @@ async def udp_exchange(
         return got
     finally:
         transport.close()
+
+
+async def udp_endpoint(ip: str, port: int = 0) -> tuple[asyncio.DatagramTransport, asyncio.Queue[bytes]]:
+    """A raw UDP peer on ``ip`` (a carrier or phone written by hand): its
+    transport and the queue of datagrams it receives. Close the transport."""
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Collect(asyncio.DatagramProtocol):
+        def datagram_received(self, payload: bytes, addr: object) -> None:
+            replies.put_nowait(payload)
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Collect, local_addr=(ip, port))
+    return transport, replies

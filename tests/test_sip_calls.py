@@ -15,7 +15,7 @@ import pytest
 
 from gateway.server import Gateway
 from tests import factories
-from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp
+from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp, udp_endpoint
 
 NUMBER = "+15550140000"
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -297,15 +297,8 @@ async def test_a_caller_that_never_acks_is_hung_up_by_timer_h(
     number_id = await company_number(conn, acct, [acct.agent_id], max_concurrent_calls=1)
     await routable(sip_gw, number_id, acct.agent_id)
     agent = await start_sipp("agent", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=port)
-    loop = asyncio.get_running_loop()
-    got: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class Carrier(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            got.put_nowait(data)
-
     carrier_port = free_port(CARRIER_IP)
-    transport, _ = await loop.create_datagram_endpoint(Carrier, local_addr=(CARRIER_IP, carrier_port))
+    transport, got = await udp_endpoint(CARRIER_IP, carrier_port)
     try:
         invite = (
             f"INVITE sip:{NUMBER}@127.0.0.1 SIP/2.0\r\n"

@@ -19,7 +19,7 @@ from gateway.server import Gateway
 from gateway.sip.digest import ha1
 from tests import factories
 from tests.conftest import sip_settings
-from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp, udp_exchange
+from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp, udp_endpoint, udp_exchange
 from tests.test_sip_calls import NUMBER, SDP, company_number, phone, records, routable, sip_target
 
 pytestmark = pytest.mark.timeout(150)
@@ -159,15 +159,8 @@ async def test_invite_retransmissions_during_a_slow_round_robin_are_one_call(
     tx = blocker.transaction()
     await tx.start()
     await blocker.execute("SELECT * FROM round_robin_cursors WHERE number_id = $1 FOR UPDATE", number_id)
-    loop = asyncio.get_running_loop()
-    got: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class Carrier(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            got.put_nowait(data)
-
     carrier_port = free_port(CARRIER_IP)
-    transport, _ = await loop.create_datagram_endpoint(Carrier, local_addr=(CARRIER_IP, carrier_port))
+    transport, got = await udp_endpoint(CARRIER_IP, carrier_port)
     assert sip_gw.sip is not None
     invite = (
         f"INVITE sip:{NUMBER}@127.0.0.1 SIP/2.0\r\n"
@@ -329,14 +322,7 @@ async def test_a_retransmitted_cancel_is_answered_200_again(
         f"From: <sip:+15557770043@{CARRIER_IP}>;tag=x\r\nTo: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: cx-1\r\n"
         "Max-Forwards: 70\r\n"
     )
-    loop = asyncio.get_running_loop()
-    got: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class Carrier(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            got.put_nowait(data)
-
-    transport, _ = await loop.create_datagram_endpoint(Carrier, local_addr=(CARRIER_IP, 5997))
+    transport, got = await udp_endpoint(CARRIER_IP, 5997)
 
     async def answers(count: int) -> list[bytes]:
         return [(await asyncio.wait_for(got.get(), 3)).split(b"\r\n", 1)[0] for _ in range(count)]

@@ -203,36 +203,28 @@ class ClientInvite:
         self.request, self.data = SETTLED, b""
 
     def _ack(self, response: SipResponse) -> SipRequest:
-        """§17.1.1.3: same Request-URI, top Via, From, Call-ID, CSeq number and
-        Route as the INVITE; To from the response (its tag)."""
-        inv = self.request
-        ack = SipRequest(method="ACK", uri=inv.uri)
-        h = ack.headers
-        h.append("Via", inv.headers.get_first("via") or "")
-        for route in inv.headers.get("route"):
-            h.append("Route", route)
-        h.append("Max-Forwards", "70")
-        h.append("From", inv.headers.get_first("from") or "")
-        h.append("To", response.headers.get_first("to") or "")
-        h.append("Call-ID", inv.headers.get_first("call-id") or "")
-        h.append("CSeq", f"{_cseq_number(inv)} ACK")
-        return ack
+        """§17.1.1.3: To from the response (with its tag)."""
+        return self._derived("ACK", response.headers.get_first("to") or "")
 
     def _cancel_request(self) -> SipRequest:
-        """§9.1: the INVITE's Request-URI, top Via, From, To, Call-ID, Route,
-        and its CSeq number with method CANCEL."""
+        """§9.1: To as the INVITE had it."""
+        return self._derived("CANCEL", self.request.headers.get_first("to") or "")
+
+    def _derived(self, method: str, to: str) -> SipRequest:
+        """ACK and CANCEL of this INVITE: its Request-URI, top Via (so its
+        branch), Route, From, Call-ID and CSeq number, with ``method``."""
         inv = self.request
-        cancel = SipRequest(method="CANCEL", uri=inv.uri)
-        h = cancel.headers
+        derived = SipRequest(method=method, uri=inv.uri)
+        h = derived.headers
         h.append("Via", inv.headers.get_first("via") or "")
         for route in inv.headers.get("route"):
             h.append("Route", route)
         h.append("Max-Forwards", "70")
         h.append("From", inv.headers.get_first("from") or "")
-        h.append("To", inv.headers.get_first("to") or "")
+        h.append("To", to)
         h.append("Call-ID", inv.headers.get_first("call-id") or "")
-        h.append("CSeq", f"{_cseq_number(inv)} CANCEL")
-        return cancel
+        h.append("CSeq", f"{_cseq_number(inv)} {method}")
+        return derived
 
 
 class ClientNonInvite:
