@@ -75,3 +75,10 @@ def test_telnyx_ed25519_and_replay_window() -> None:
     other = Ed25519PrivateKey.generate()
     forged = base64.b64encode(other.sign(f"{now}|".encode() + body)).decode()
     assert not telnyx_valid(public, str(now), body, forged, now=now)
+
+
+def test_a_non_ascii_signature_is_simply_invalid() -> None:
+    """Issue 12, item 3: compare_digest raised TypeError on non-ASCII str (a 500)."""
+    params = [("Body", "hi"), ("From", "+15550001111")]
+    assert not twilio_valid(TOKEN, URL, params, "été==")
+    assert not twilio_valid(TOKEN, URL, params, "\udcc3\udca9")  # undecodable bytes as aiohttp passes them

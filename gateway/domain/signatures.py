@@ -52,8 +52,11 @@ def twilio_valid(
     """Constant-time check against the URL with and without its default port."""
     if not auth_token or not signature or algorithm not in _DIGESTS:
         return False
+    # As bytes: compare_digest refuses non-ASCII str, and a header is whatever
+    # a stranger sent (a 500 there was issue 12's item 3).
+    given = signature.encode("utf-8", "surrogateescape")
     return any(
-        hmac.compare_digest(twilio_signature(auth_token, candidate, params, algorithm), signature)
+        hmac.compare_digest(twilio_signature(auth_token, candidate, params, algorithm).encode(), given)
         for candidate in _with_and_without_port(url)
     )
 
