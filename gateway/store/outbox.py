@@ -77,7 +77,7 @@ class Outbox:
     async def start(self) -> int:
         """Open the outbox and queue what a previous run left unapplied.
         Returns how many entries will be replayed."""
-        self._dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._private)
         replay = await asyncio.to_thread(self._read_pending)
         for entry in replay:
             self._queue.append(entry)
@@ -276,6 +276,16 @@ class Outbox:
         async with self._file_lock:
             if self._size >= COMPACT_BYTES and not self._queue:
                 await asyncio.to_thread(self._reset)
+
+    def _private(self) -> None:
+        """The outbox holds callers' numbers and text bodies: the directory is
+        0700 and its files 0600 (created so, and tightened if an older run
+        left them wider). Later writes reuse these files, keeping the modes."""
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._dir.chmod(0o700)
+        for path in (self._file, self._offset_file):
+            os.close(os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600))
+            path.chmod(0o600)
 
     def _reset(self) -> None:
         with self._file.open("wb") as f:
