@@ -41,6 +41,8 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 ACQUIRE_TIMEOUT_S = 1.5  # Telnyx wants an answer within 2 s
 _DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# Postgres refusing the data itself (class 22/23): a client's error, never an outage.
+_DATA_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def _refuse(request: web.Request, provider: str, reason: str, status: int, detail: str) -> web.Response:
@@ -63,6 +65,12 @@ def _phone(value: Any, field: str) -> str:
     return e164
 
 
+def _text(body: str) -> str:
+    """A text's body as Postgres can keep it: NUL (which no SMS means, and
+    Postgres text refuses) is dropped; everything else is kept as sent."""
+    return body.replace("\x00", "") if "\x00" in body else body
+
+
 async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accepted | web.Response:
     metrics = request.app[METRICS]
     try:
@@ -71,6 +79,12 @@ async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accept
     except texts.UnknownNumber:
         metrics.texts_received.labels(provider=text.provider, outcome="unknown_number").inc()
         return not_found(f"number {text.to_e164} on this gateway")
+    except _DATA_REFUSED as exc:
+        # Never 200 for what is not stored, and never to the outbox, which could
+        # not store it either (issue 12, item 2).
+        metrics.texts_received.labels(provider=text.provider, outcome="rejected").inc()
+        log.warning("text %s refused by the database: %s", text.provider_message_id, exc)
+        return problem(400, "Bad Request", f"the text cannot be stored: {type(exc).__name__}")
     except _DB_DOWN as exc:
         # The database is away: acknowledge once the text is durable in the outbox (issue 7).
         try:
@@ -147,8 +161,8 @@ async def twilio_messages(request: web.Request) -> web.Response:
     params = verified
     fields = dict(params)
     sid = fields.get("MessageSid") or fields.get("SmsSid")
-    if not sid or len(sid) > 200:
-        raise field_error("MessageSid", "is required", status=400)
+    if not sid or len(sid) > 200 or "\x00" in sid:
+        raise field_error("MessageSid", "is required (and holds no NUL)", status=400)
     count = int(fields["NumMedia"]) if fields.get("NumMedia", "").isdigit() else 0
     media = [
         {"url": fields[f"MediaUrl{i}"], "content_type": fields.get(f"MediaContentType{i}", "")}
@@ -160,7 +174,7 @@ async def twilio_messages(request: web.Request) -> web.Response:
         provider_message_id=sid,
         from_e164=_phone(fields.get("From"), "From"),
         to_e164=_phone(fields.get("To"), "To"),
-        body=fields.get("Body", ""),
+        body=_text(fields.get("Body", "")),
         received_at=datetime.now(UTC),
         media=media,
         segments=int(fields["NumSegments"]) if fields.get("NumSegments", "").isdigit() else None,
@@ -210,8 +224,8 @@ async def telnyx_messages(request: web.Request) -> web.Response:
         return web.json_response({"ignored": str(event_type)[:100]})
     to_list = payload.get("to") if isinstance(payload, dict) else None
     message_id = payload.get("id") if isinstance(payload, dict) else None
-    if not isinstance(message_id, str) or not message_id or len(message_id) > 200:
-        raise field_error("data.payload.id", "is required", status=400)
+    if not isinstance(message_id, str) or not message_id or len(message_id) > 200 or "\x00" in message_id:
+        raise field_error("data.payload.id", "is required (and holds no NUL)", status=400)
     if not isinstance(to_list, list) or not to_list or not isinstance(to_list[0], dict):
         raise field_error("data.payload.to", "must list the recipient", status=400)
     sender = payload.get("from")
@@ -224,7 +238,7 @@ async def telnyx_messages(request: web.Request) -> web.Response:
             sender.get("phone_number") if isinstance(sender, dict) else None, "data.payload.from"
         ),
         to_e164=_phone(to_list[0].get("phone_number"), "data.payload.to"),
-        body=payload.get("text") if isinstance(payload.get("text"), str) else "",
+        body=_text(payload.get("text") if isinstance(payload.get("text"), str) else ""),
         received_at=datetime.now(UTC),
         media=[
             {"url": str(m.get("url", "")), "content_type": str(m.get("content_type", ""))}

@@ -38,7 +38,7 @@ def receive_text(server: SipServer, rec: ServerTx) -> None:
         server.reply(rec, 413, "Request Entity Too Large")
         return
     try:
-        body = req.body.decode("utf-8")
+        body = req.body.decode("utf-8").replace("\x00", "")  # as the webhooks: no SMS means a NUL
     except UnicodeDecodeError:
         server.reply(rec, 400, "Body Is Not UTF-8")
         return
