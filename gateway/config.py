@@ -40,6 +40,7 @@ class HttpSettings:
     public_base_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = 1_048_576
     max_import_bytes: int = 67_108_864
+    trusted_proxies: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +284,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
     if s.shutdown.grace_period_s < 0:
         raise ConfigError("shutdown.grace_period_s", "must be 0 or more")
+    try:
+        trunk_networks(s.http.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(
+            "http.trusted_proxies", f"must be comma-separated networks like 10.0.0.0/24 ({exc})"
+        ) from None
     _check_sip(s.sip)
     if not s.sip.realm or any(c.isspace() or c in '"\\' for c in s.sip.realm):
         raise ConfigError("sip.realm", "must be a non-empty token without spaces or quotes")

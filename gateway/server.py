@@ -107,6 +107,7 @@ class Gateway:
             event_hub=self.event_hub,
             outbox=self.recorder,
             limiter=FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
+            trusted_proxies=self.settings.http.trusted_proxies,
         )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None

@@ -1,7 +1,9 @@
 """Attacks and careless clients the gateway withstands (issue 12), each
 against a running gateway. An operator can read this file as the list.
 
-So far: a non-ASCII signature header is a 403 (it was a 500, untouched by
+So far: failures are throttled, never an address's good traffic (also
+behind a proxy, and CORS preflights are never charged); a non-ASCII
+signature header is a 403 (it was a 500, untouched by
 the failure throttle); a NUL in a text never turns into a 200 for a text
 that was not stored; a value Postgres refuses is a 400, never a queued and
 then lost text; the outbox, which holds callers' numbers and texts, is
@@ -10,18 +12,28 @@ private to the gateway's user."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import json
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
+import pytest
 
+from gateway.config import LimitsSettings
+from gateway.http.limits import client_source
 from gateway.server import Gateway
+from gateway.store.api_keys import create_key
 from tests.test_texts_inbound import (
+    TOKEN,
     gw,
     setup,
     telnyx_event,
     telnyx_post,
+    text_settings,
     twilio_params,
     twilio_post,
 )
@@ -93,3 +105,102 @@ async def test_the_outbox_is_private_to_the_gateway(gw: Gateway) -> None:
     assert stat.S_IMODE(outbox.stat().st_mode) == 0o700
     for name in ("outbox.jsonl", "outbox.offset"):
         assert stat.S_IMODE((outbox / name).stat().st_mode) == 0o600, name
+
+
+async def tight(db_dsn: str, trusted_proxies: str = "") -> Gateway:
+    s = text_settings(db_dsn)
+    s = dataclasses.replace(
+        s,
+        http=dataclasses.replace(s.http, trusted_proxies=trusted_proxies),
+        limits=LimitsSettings(failures_per_s=0.5, failure_burst=3),
+    )
+    gateway = Gateway(s)
+    await gateway.start()
+    return gateway
+
+
+@pytest.fixture
+async def throttled(db_dsn: str) -> AsyncIterator[Gateway]:
+    gateway = await tight(db_dsn)
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+async def get(gateway: Gateway, path: str, key: str, **headers: str) -> int:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            f"http://127.0.0.1:{gateway.http_port}{path}",
+            headers={"Authorization": f"Bearer {key}", **headers},
+        ) as r,
+    ):
+        return r.status
+
+
+async def test_an_attacker_at_the_same_address_never_locks_out_a_valid_key_or_webhook(
+    throttled: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 1: an attacker failing from the same address (a NAT, a load
+    balancer) kept 40 of 40 legitimate requests refused with 429."""
+    acct, _, _ = await setup(conn, throttled)
+    key = await create_key(conn, acct.id, acct.owner_id)
+    bad = "gk_000000000000_" + "x" * 43
+    attacker, legit = [], []
+    for _ in range(40):
+        attacker.append(await get(throttled, "/v1/numbers", bad))
+        legit.append(await get(throttled, "/v1/numbers", key))
+    assert attacker[:3] == [401] * 3 and set(attacker[3:]) == {429}  # the failures are throttled
+    assert legit == [200] * 40  # the good traffic is not
+    assert (await twilio_post(throttled, twilio_params("SMthrottle1")))[0] == 200  # nor the provider's
+    assert (await twilio_post(throttled, twilio_params("SMthrottle2"), signature="forged"))[0] == 429
+    assert await get(throttled, "/v1/numbers", "") == 429  # nothing to check: refused before any work
+
+
+async def test_cors_preflights_are_never_charged(throttled: Gateway) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(20):
+            async with s.options(
+                f"http://127.0.0.1:{throttled.http_port}/v1/numbers",
+                headers={"Origin": "https://crm.example", "Access-Control-Request-Method": "GET"},
+            ) as r:
+                assert r.status not in (401, 429)
+    assert await get(throttled, "/v1/numbers", "gk_000000000000_" + "y" * 43) == 401  # no failure counted
+
+
+async def test_behind_a_trusted_proxy_failures_are_charged_to_the_forwarded_client(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    gateway = await tight(db_dsn, trusted_proxies="127.0.0.1/32")
+    try:
+        bad = "gk_000000000000_" + "z" * 43
+        for _ in range(5):
+            await get(gateway, "/v1/numbers", bad, **{"X-Forwarded-For": "198.51.100.7"})
+        assert await get(gateway, "/v1/numbers", bad, **{"X-Forwarded-For": "198.51.100.7"}) == 429
+        other = "gk_111111111111_" + "z" * 43
+        assert await get(gateway, "/v1/numbers", other, **{"X-Forwarded-For": "203.0.113.5"}) == 401
+    finally:
+        await gateway.stop()
+
+
+async def test_forwarded_headers_from_anyone_else_are_ignored(throttled: Gateway) -> None:
+    """Without trusted proxies, a client cannot pick the address it is charged to."""
+    bad = "gk_000000000000_" + "w" * 43
+    for i in range(5):  # a new forged address every time: all charged to 127.0.0.1
+        await get(throttled, "/v1/numbers", bad, **{"X-Forwarded-For": f"192.0.2.{i}"})
+    other = "gk_222222222222_" + "w" * 43
+    assert await get(throttled, "/v1/numbers", other, **{"X-Forwarded-For": "192.0.2.99"}) == 429
+
+
+def test_client_source_believes_only_trusted_proxies() -> None:
+    proxies = [ipaddress.ip_network("10.0.0.0/8")]
+    assert client_source("10.0.0.2", "198.51.100.7, 10.0.0.9", None, proxies) == "198.51.100.7"
+    assert client_source("203.0.113.1", "198.51.100.7", None, proxies) == "203.0.113.1"  # not a proxy
+    assert client_source("10.0.0.2", "spoof, 198.51.100.7", None, proxies) == "10.0.0.2"  # malformed chain
+    assert client_source("10.0.0.2", "1.1.1.1, 198.51.100.7", None, proxies) == "198.51.100.7"  # right-most
+    assert client_source("10.0.0.2", None, 'for="[2001:db8::1]:4711";proto=https', proxies) == "2001:db8::1"
+    assert client_source("10.0.0.2", None, "for=192.0.2.60:80, for=10.0.0.7", proxies) == "192.0.2.60"
+    assert client_source("10.0.0.2", None, None, proxies) == "10.0.0.2"
+    assert client_source("10.0.0.2", "198.51.100.7", None, []) == "10.0.0.2"
+    assert TOKEN  # the webhooks above are signed with the test token

@@ -7,11 +7,12 @@ from collections.abc import Callable
 import asyncpg
 from aiohttp import web
 
+from gateway.config import trunk_networks
 from gateway.domain.index import Index
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.http import admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks
 from gateway.http.auth import POOL, auth_middleware
-from gateway.http.limits import LIMITER, MAX_BODY, limit_failures, refuse_oversized
+from gateway.http.limits import LIMITER, MAX_BODY, TRUSTED_PROXIES, limit_failures, refuse_oversized
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
 from gateway.metrics import Metrics
@@ -40,6 +41,7 @@ def build_app(
     event_hub: EventHub,
     outbox: Outbox,
     limiter: FailureLimiter,
+    trusted_proxies: str = "",
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -67,6 +69,7 @@ def build_app(
     app[events_api.HUB] = event_hub
     app[webhooks.OUTBOX] = outbox
     app[LIMITER] = limiter
+    app[TRUSTED_PROXIES] = tuple(trunk_networks(trusted_proxies))
     app[MAX_BODY] = max_body_bytes
     app[numbers_api.INVENTORY] = purchases.LocalInventory()
     API.mount(app)

@@ -21,6 +21,8 @@ def principal(request: web.Request) -> Principal:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/") or request.path.startswith("/v1/webhooks/"):
         return await handler(request)
+    if request.method == "OPTIONS":  # a CORS preflight carries no credentials by design
+        return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key:
