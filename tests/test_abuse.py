@@ -204,3 +204,50 @@ def test_client_source_believes_only_trusted_proxies() -> None:
     assert client_source("10.0.0.2", None, None, proxies) == "10.0.0.2"
     assert client_source("10.0.0.2", "198.51.100.7", None, []) == "10.0.0.2"
     assert TOKEN  # the webhooks above are signed with the test token
+
+
+async def test_an_event_stream_ends_when_its_key_is_revoked_or_its_user_demoted(
+    gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 5: a stream checked its key once, at connect, and went on
+    delivering texts and notifications after the key was revoked."""
+    acct, _, _ = await setup(conn, gw)
+    url = f"http://127.0.0.1:{gw.http_port}/v1/events"
+    loop = asyncio.get_running_loop()
+
+    async def lasts(key: str, change: str, *args: object) -> float:
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session,
+            session.get(url) as stream,
+        ):
+            assert (await stream.content.readline()).startswith(b": connected")
+            await conn.execute(change, *args)
+            started = loop.time()
+            while await asyncio.wait_for(stream.content.readline(), 5):
+                pass  # heartbeats, until the server ends the stream
+            return loop.time() - started
+
+    key = await create_key(conn, acct.id, acct.owner_id)
+    prefix = key.split("_")[1]
+    assert await lasts(key, "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1", prefix) < 3
+    manager = await create_key(conn, acct.id, acct.owner_id)
+    await conn.execute("UPDATE users SET role = 'owner' WHERE id = $1", acct.owner_id)
+    assert await lasts(manager, "UPDATE users SET role = 'admin' WHERE id = $1", acct.owner_id) < 3
+
+
+async def test_event_streams_per_key_are_capped(gw: Gateway, conn: asyncpg.Connection) -> None:
+    acct, _, _ = await setup(conn, gw)
+    key = await create_key(conn, acct.id, acct.agent_id)
+    url = f"http://127.0.0.1:{gw.http_port}/v1/events"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        streams = [await session.get(url) for _ in range(5)]
+        try:
+            assert [s.status for s in streams] == [200] * 5
+            async with session.get(url) as sixth:
+                assert sixth.status == 429 and sixth.headers["Retry-After"]
+        finally:
+            for stream in streams:
+                stream.close()
+        await asyncio.sleep(1.5)  # the streams notice within a second
+        async with session.get(url) as again:  # closed streams give their place back
+            assert again.status == 200

@@ -67,6 +67,7 @@ def build_app(
     app[webhooks.TELNYX_KEY] = telnyx_public_key
     app[messages_api.PROVIDERS] = providers
     app[events_api.HUB] = event_hub
+    app[events_api.OPEN_STREAMS] = {}
     app[webhooks.OUTBOX] = outbox
     app[LIMITER] = limiter
     app[TRUSTED_PROXIES] = tuple(trunk_networks(trusted_proxies))

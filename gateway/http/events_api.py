@@ -1,7 +1,12 @@
 """``GET /v1/events``: a user's new texts and notifications as server-sent
 events (issue 5). ``Last-Event-ID`` (or ``?last_event_id=``) resumes after
 the last event the client saw, read from the database: a reconnect loses
-nothing."""
+nothing.
+
+A stream lives only as long as its credential (issue 12): every
+``CREDENTIAL_CHECK_S`` it checks that its key is unrevoked and its user
+still there with the same role, and ends otherwise. At most
+``MAX_STREAMS_PER_KEY`` streams per key are open at once (429 beyond)."""
 
 from __future__ import annotations
 
@@ -11,12 +16,17 @@ import contextlib
 from aiohttp import web
 
 from gateway.http.auth import POOL, principal
+from gateway.http.problems import problem
 from gateway.http.routes import API
 from gateway.http.validation import field_error
+from gateway.store.api_keys import Principal, still_valid
 from gateway.store.events import EventHub, events_after
 
 HUB: web.AppKey[EventHub] = web.AppKey("event_hub", EventHub)
+OPEN_STREAMS: web.AppKey[dict[int, int]] = web.AppKey("open_streams", dict)
 HEARTBEAT_S = 15.0
+CREDENTIAL_CHECK_S = 1.0
+MAX_STREAMS_PER_KEY = 5
 
 
 def _resume_point(request: web.Request) -> int:
@@ -30,38 +40,67 @@ def _resume_point(request: web.Request) -> int:
     "GET",
     "/v1/events",
     "The caller's new texts and notifications (text/event-stream; Last-Event-ID resumes)",
-    errors=(400,),
+    errors=(400, 429),
 )
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    """Long-lived. Each wake-up or heartbeat costs one indexed read."""
+    """Long-lived. Each wake-up costs one indexed read, and each second one
+    more to check the credential."""
     who = principal(request)
     last = _resume_point(request)
     hub = request.app[HUB]
+    streams = request.app[OPEN_STREAMS]
+    if streams.get(who.key_id, 0) >= MAX_STREAMS_PER_KEY:
+        refused = problem(429, "Too Many Requests", f"at most {MAX_STREAMS_PER_KEY} event streams per key")
+        refused.headers["Retry-After"] = "5"
+        return refused
+    streams[who.key_id] = streams.get(who.key_id, 0) + 1
+    try:
+        return await _stream(request, who, last, hub)
+    finally:
+        left = streams[who.key_id] - 1
+        if left:
+            streams[who.key_id] = left
+        else:
+            del streams[who.key_id]
+
+
+async def _stream(request: web.Request, who: Principal, last: int, hub: EventHub) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
     waiter = hub.subscribe(who.user_id)
+    loop = asyncio.get_running_loop()
+    quiet_since = checked_at = loop.time()
+    pool = request.app[POOL]
     try:
         await response.write(b": connected\n\n")
         while not hub.closing.is_set():
+            if request.transport is None or request.transport.is_closing():
+                break  # the client left: give its place back now, not at the next heartbeat
             waiter.clear()
-            async with request.app[POOL].acquire() as conn:
+            async with pool.acquire() as conn:
+                if loop.time() - checked_at >= CREDENTIAL_CHECK_S:
+                    if not await still_valid(conn, who):
+                        break  # revoked, deleted or demoted: the stream ends with its credential
+                    checked_at = loop.time()
                 events = await events_after(conn, who.user_id, last)
             for event in events:
                 await response.write(
                     f"id: {event['id']}\nevent: {event['kind']}\ndata: {event['payload']}\n\n".encode()
                 )
                 last = event["id"]
+                quiet_since = loop.time()
             if len(events) == 500:
                 continue  # more waiting: read on before sleeping
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HEARTBEAT_S):
+                async with asyncio.timeout(CREDENTIAL_CHECK_S):
                     await waiter.wait()
-            if not waiter.is_set():
+            if not waiter.is_set() and loop.time() - quiet_since >= HEARTBEAT_S:
                 await response.write(b": heartbeat\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the client went away, or the server is stopping
+                quiet_since = loop.time()
+    except ConnectionResetError:
+        pass  # the client went away
     finally:
         hub.unsubscribe(who.user_id, waiter)
     return response

@@ -27,6 +27,7 @@ class Principal:
     account_id: int
     user_id: int
     role: Role
+    key_id: int = 0  # the API key it came with
 
     @property
     def manages(self) -> bool:
@@ -70,7 +71,21 @@ async def authenticate(conn: Conn, key: str) -> Principal | None:
         return None
     if row["stale"]:
         await conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", row["id"])
-    return Principal(row["account_id"], row["user_id"], row["role"])
+    return Principal(row["account_id"], row["user_id"], row["role"], row["id"])
+
+
+async def still_valid(conn: Conn, who: Principal) -> bool:
+    """Whether ``who``'s key is unrevoked and its user still there with the
+    same role (a long-lived stream checks this). One indexed read."""
+    valid: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM api_keys k JOIN users u ON u.id = k.user_id"
+        " WHERE k.id = $1 AND k.revoked_at IS NULL AND u.id = $2 AND u.role = $3 AND u.account_id = $4)",
+        who.key_id,
+        who.user_id,
+        who.role,
+        who.account_id,
+    )
+    return valid
 
 
 async def create_account(conn: Conn, name: str, plan: str, owner_email: str) -> tuple[int, int, str]:
