@@ -186,6 +186,21 @@ async def test_idempotency_key_never_sends_twice(
     assert await conn.fetchval("SELECT count(*) FROM usage_ledger") == 1
 
 
+async def test_idempotency_keys_belong_to_their_user_and_to_one_request(
+    gw: Gateway, conn: asyncpg.Connection, fake: FakeProviders
+) -> None:
+    """Issue 12, item 6: a colleague reusing a key got another user's message
+    back and their own text was silently not sent."""
+    _, apis, _ = await world(gw, conn)
+    mine = await send(apis["agent"], {"to": LEAD_PHONE, "body": "from the agent"}, key="req-1")
+    theirs = await send(apis["owner"], {"to": LEAD_PHONE, "body": "from the owner"}, key="req-1")
+    assert mine[0] == 201 and theirs[0] == 201 and mine[1]["id"] != theirs[1]["id"]
+    assert [c.get("Body") or c.get("text") for c in fake.calls] == ["from the agent", "from the owner"]
+    status, problem, _ = await send(apis["agent"], {"to": LEAD_PHONE, "body": "something else"}, key="req-1")
+    assert status == 422 and "Idempotency-Key" in problem["detail"] + str(problem.get("field", ""))
+    assert len(fake.calls) == 2  # refused, not sent, not replayed as if it were the first
+
+
 async def test_retries_then_failures(gw: Gateway, conn: asyncpg.Connection, fake: FakeProviders) -> None:
     _, apis, _ = await world(gw, conn)
     fake.fail_first = [429, 503]

@@ -8,6 +8,8 @@ retried request returns the first one's message and never sends twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +46,7 @@ def _status_url(request: web.Request, provider: str) -> str:
     "Send a text (R10 picks or checks the sender); Idempotency-Key honoured",
     body=MessageOut,
     ok=201,
-    errors=(403, 502),
+    errors=(403, 422, 502),
 )
 async def send_message(request: web.Request) -> web.Response:
     who = principal(request)
@@ -75,7 +77,7 @@ async def send_message(request: web.Request) -> web.Response:
         at = datetime.now(UTC)
         if not await may_use(conn, who.account_id, who.user_id, "text_segments", segments, at):
             return forbidden("over the package's text allowance, and this account blocks over-quota use")
-        row, replayed = await outbound.claim(
+        row, claimed = await outbound.claim(
             conn,
             number=number,
             user_id=who.user_id,
@@ -83,9 +85,12 @@ async def send_message(request: web.Request) -> web.Response:
             body=message.body,
             segments=segments,
             idempotency_key=key,
+            fingerprint=_fingerprint(to, message.body, message.kind, number.e164) if key else None,
             local_id=f"local:{uuid.uuid4()}",
         )
-    if replayed:
+    if claimed == "conflict":  # as the IETF Idempotency-Key draft and Stripe answer it
+        raise field_error("Idempotency-Key", "was already used for a different request", status=422)
+    if claimed == "replay":
         response = web.json_response(_message(row), status=200)
         response.headers["Idempotent-Replayed"] = "true"
         return response
@@ -114,6 +119,11 @@ async def send_message(request: web.Request) -> web.Response:
         status = 422 if failure.client_error else 502
         return problem(status, "Text not sent", failure.detail, message=_message(row))
     return web.json_response({**_message(row), "sender_reason": chosen.why}, status=201)
+
+
+def _fingerprint(to: str, body: str, kind: str, sender: str) -> bytes:
+    """What makes two sends the same request under one Idempotency-Key."""
+    return hashlib.sha256(json.dumps([to, body, kind, sender]).encode()).digest()
 
 
 def _message(row: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ record after it, and delivery statuses from the providers' callbacks."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision, lead_rules
@@ -18,6 +18,9 @@ MESSAGE_COLUMNS = (
 )
 
 
+Claim = Literal["new", "replay", "conflict"]
+
+
 async def claim(
     conn: Conn,
     *,
@@ -27,15 +30,18 @@ async def claim(
     body: str,
     segments: int,
     idempotency_key: str | None,
+    fingerprint: bytes | None,
     local_id: str,
-) -> tuple[Any, bool]:
-    """Insert the message as ``queued`` and commit, before any send. Returns
-    (row, True) when the idempotency key was already used: do not send again."""
+) -> tuple[Any, Claim]:
+    """Insert the message as ``queued`` and commit, before any send. One round
+    trip, two when ``idempotency_key`` was already used by this user: then
+    ``replay`` (the same request: do not send again) or ``conflict`` (another
+    request under the same key)."""
     row = await conn.fetchrow(
         "INSERT INTO messages (account_id, number_id, direction, provider, provider_message_id, from_e164,"
-        " to_e164, body, segments, sent_by, status, idempotency_key)"
-        " VALUES ($1, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, 'queued', $10)"
-        " ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        " to_e164, body, segments, sent_by, status, idempotency_key, idempotency_fingerprint)"
+        " VALUES ($1, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $11)"
+        " ON CONFLICT (account_id, sent_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         f" RETURNING {MESSAGE_COLUMNS}",
         number.account_id,
         number.id,
@@ -47,15 +53,21 @@ async def claim(
         segments,
         user_id,
         idempotency_key,
+        fingerprint,
     )
     if row is not None:
-        return row, False
+        return row, "new"
     existing = await conn.fetchrow(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE account_id = $1 AND idempotency_key = $2",
+        f"SELECT {MESSAGE_COLUMNS}, idempotency_fingerprint FROM messages"
+        " WHERE account_id = $1 AND sent_by = $2 AND idempotency_key = $3",
         number.account_id,
+        user_id,
         idempotency_key,
     )
-    return existing, True
+    assert existing is not None  # the conflicting row: messages are never deleted
+    same = existing["idempotency_fingerprint"] in (None, fingerprint)
+    row = {name: value for name, value in existing.items() if name != "idempotency_fingerprint"}
+    return row, "replay" if same else "conflict"
 
 
 async def record_outcome(
