@@ -1,7 +1,9 @@
 """Attacks and careless clients the gateway withstands (issue 12), each
 against a running gateway. An operator can read this file as the list.
 
-So far: failures are throttled, never an address's good traffic (also
+So far: agents and admins stay inside their rights (an admin's own package,
+a colleague's lead, another account's users); idempotency keys are per
+user; event streams end with their credential; failures are throttled, never an address's good traffic (also
 behind a proxy, and CORS preflights are never charged); a non-ASCII
 signature header is a 403 (it was a 500, untouched by
 the failure throttle); a NUL in a text never turns into a 200 for a text
@@ -27,6 +29,10 @@ from gateway.config import LimitsSettings
 from gateway.http.limits import client_source
 from gateway.server import Gateway
 from gateway.store.api_keys import create_key
+from gateway.store.crm import raise_unknown_caller_notifications
+from tests import factories
+from tests.test_admin_api import team
+from tests.test_crm import event, http_setup, routed
 from tests.test_texts_inbound import (
     TOKEN,
     gw,
@@ -251,3 +257,55 @@ async def test_event_streams_per_key_are_capped(gw: Gateway, conn: asyncpg.Conne
         await asyncio.sleep(1.5)  # the streams notice within a second
         async with session.get(url) as again:  # closed streams give their place back
             assert again.status == 200
+
+
+async def test_an_admin_cannot_raise_their_own_package_or_allowances(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 7: the owner pays for packages; an admin raising their own is charging the owner."""
+    t = await team(gateway, conn)
+    admin, owner = t.apis["admin"], t.apis["owner"]
+    for change in ({"package": "upgraded"}, {"included_minutes": 100000}):
+        status, body = await admin.call("PATCH", f"/v1/users/{t.ids['admin']}", json=change)
+        assert status == 403 and "only the owner" in body["detail"], (change, body)
+    assert (await admin.call("PATCH", f"/v1/users/{t.ids['admin']}", json={"name": "Alex"}))[0] == 200
+    assert (await owner.call("PATCH", f"/v1/users/{t.ids['admin']}", json={"package": "upgraded"}))[0] == 200
+    assert (await owner.call("PATCH", f"/v1/users/{t.ids['owner']}", json={"package": "standard"}))[0] == 200
+
+
+async def test_an_agent_cannot_settle_a_notification_into_a_colleagues_lead(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 7: POST /v1/leads refused it; the notification action did not."""
+    acct, _, _owner, agent, _agent2 = await http_setup(gateway, conn)
+    number, decision = await routed(gateway, "+15550109999", "+15557001234")
+    await raise_unknown_caller_notifications(conn, event(number, "call:gap-1"), decision)
+    _, body = await agent.call("GET", f"/v1/users/{acct.agent_id}/notifications?state=open")
+    (note,) = body["notifications"]
+    colleague = await factories.user(conn, acct.id)
+    status, body = await agent.call(
+        "POST",
+        f"/v1/notifications/{note['id']}/actions",
+        json={"action": "new_lead", "primary_agent_id": colleague},
+    )
+    assert status == 403
+    assert await conn.fetchval("SELECT count(*) FROM leads WHERE primary_agent_id = $1", colleague) == 0
+    status, _ = await agent.call(
+        "POST", f"/v1/notifications/{note['id']}/actions", json={"action": "new_lead"}
+    )
+    assert status == 201  # for themselves, as POST /v1/leads allows
+
+
+async def test_a_purchase_answers_another_accounts_user_like_a_missing_one(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 7: the answer told whether a user id existed in another account."""
+    t = await team(gateway, conn)
+    await conn.execute("UPDATE accounts SET plan = 'enterprise' WHERE id = $1", t.acct.id)
+    stranger = (await factories.account(conn)).owner_id  # an upgraded user of another account
+    answers = []
+    for user_id in (stranger, 987654321):
+        order = {"kind": "personal", "owner_user_id": user_id}
+        answers.append(await t.apis["owner"].call("POST", "/v1/numbers/purchase", json=order))
+    assert answers[0] == answers[1] and answers[0][0] == 422
+    assert answers[0][1]["errors"][0]["field"] == "owner_user_id"

@@ -222,7 +222,6 @@ async def test_notification_action_validation_and_scoping(gateway: Gateway, conn
         ({"json": {"action": "associate", "lead_id": "7"}}, 422, "lead_id"),
         ({"json": {"action": "new_lead", "name": "x" * 201}}, 422, "name"),
         ({"json": {"action": "associate", "lead_id": 2**62}}, 422, "lead_id"),
-        ({"json": {"action": "new_lead", "primary_agent_id": stranger.agent_id}}, 422, "primary_agent_id"),
         ({"json": [1, 2]}, 400, "body"),
         ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "body"),
         ({"data": b"\xff\xfe", "headers": {"Content-Type": "application/json"}}, 400, "body"),
@@ -236,6 +235,12 @@ async def test_notification_action_validation_and_scoping(gateway: Gateway, conn
         got, body = await agent.call("POST", path, **kwargs)
         assert got == status, (kwargs, body)
         assert body["errors"][0]["field"] == field
+    # Another account's user as primary agent: 422 for a manager, naming the field
+    # (an agent may name nobody but themselves: 403, whoever the id is).
+    foreign = {"action": "new_lead", "primary_agent_id": stranger.agent_id}
+    got, body = await owner.call("POST", path, json=foreign)
+    assert got == 422 and body["errors"][0]["field"] == "primary_agent_id"
+    assert (await agent.call("POST", path, json=foreign))[0] == 403
     for bad in ("abc", "0", "-1", "99999999999999999999", "1%2F..%2F2"):
         got, body = await agent.call("POST", f"/v1/notifications/{bad}/actions", json={"action": "new_lead"})
         assert got in (400, 404) and got < 500, (bad, body)

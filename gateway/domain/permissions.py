@@ -23,14 +23,20 @@ def may_manage_user(actor_id: int, actor_role: Role, target_id: int, target_role
 
 
 def may_change_fields(actor_id: int, actor_role: Role, target_id: int, fields: set[str]) -> str | None:
-    """Self-service covers profile fields; package, allowances and roles need a manager."""
-    if actor_role in ("owner", "admin") and actor_id != target_id:
-        return None
+    """Self-service covers profile fields; package, allowances and roles need a
+    manager above the user. Only the owner, who pays, sets their own package:
+    an admin raising their own package or allowances is charging the owner."""
     managed = fields - SELF_SERVICE
-    if managed and actor_role == "agent":
+    if actor_id == target_id:
+        if "role" in fields:
+            return "nobody changes their own role"
+        if managed and actor_role != "owner":
+            return f"only the owner changes your {', '.join(sorted(managed))}"
+        return None
+    if actor_role in ("owner", "admin"):
+        return None
+    if managed:
         return f"only an owner or admin changes {', '.join(sorted(managed))}"
-    if actor_id == target_id and "role" in fields:
-        return "nobody changes their own role"
     return None
 
 

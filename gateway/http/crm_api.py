@@ -12,7 +12,7 @@ from gateway.http.auth import POOL, principal
 from gateway.http.models import NotificationAction, NotificationsQuery, UsageQuery
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
-from gateway.http.responses import json_row, not_found
+from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
 from gateway.store import Conn, notifications
@@ -82,7 +82,7 @@ async def user_notifications(request: web.Request) -> web.Response:
     "/v1/notifications/{notification_id}/actions",
     "Settle an R8 notification: new lead or associate",
     body=NotificationAction,
-    errors=(404, 409),
+    errors=(403, 404, 409),
 )
 async def notification_action(request: web.Request) -> web.Response:
     """``POST /v1/notifications/{notification_id}/actions`` with
@@ -93,6 +93,10 @@ async def notification_action(request: web.Request) -> web.Response:
     action, lead_id = request_body.action, request_body.lead_id
     if action == "associate" and lead_id is None:
         raise field_error("lead_id", "is required to associate")
+    agent = request_body.primary_agent_id
+    if action == "new_lead" and agent is not None and agent != who.user_id and not who.manages:
+        # The same rule as POST /v1/leads: agents own only leads they are the agent of.
+        return forbidden("agents own only leads whose primary agent they are")
     async with request.app[POOL].acquire() as conn:
         try:
             outcome = await notifications.act(

@@ -207,6 +207,18 @@ async def purchase_number(request: web.Request) -> web.Response:
             "SELECT 1 FROM offices WHERE id = $1 AND account_id = $2", order.office_id, who.account_id
         ):
             raise field_error("office_id", "names no office of this account")
+        if order.owner_user_id is not None:
+            # Checked here, scoped to the account, so another account's user id
+            # is answered exactly like a missing one (no existence probe).
+            package = await conn.fetchval(
+                "SELECT package FROM users WHERE id = $1 AND account_id = $2",
+                order.owner_user_id,
+                who.account_id,
+            )
+            if package is None:
+                raise field_error("owner_user_id", "names no user of this account")
+            if package != "upgraded":
+                raise field_error("owner_user_id", "a personal number needs the upgraded package")
         owned = await fetch_account_numbers(conn, who.account_id)
         refused = may_buy_number(who.role, plan, order.kind, order.office_id, owned)
         if refused is not None:
