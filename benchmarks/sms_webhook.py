@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import percentile, result_line
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
+from tests.factories import twilio_sid
 from tests.gateway_process import GatewayProcess
 
 TOKEN, PUBLIC, PATH = (
@@ -73,7 +74,7 @@ def signed(prefix: str, count: int) -> list[tuple[str, str]]:
     out = []
     for i in range(count):
         params = [
-            ("MessageSid", f"{prefix}{i}"),
+            ("MessageSid", twilio_sid(f"{prefix}{i}")),
             ("From", f"+1555019{i % 1000:04d}"),
             ("To", NUMBER),
             ("Body", "Is the house on Elm Street still for sale?"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 from dataclasses import dataclass
 
 import asyncpg
@@ -82,3 +84,11 @@ async def lead(
             phone,
         )
     return lead_id
+
+
+def twilio_sid(label: str) -> str:
+    """A Twilio message SID (SM + 32 hex digits, what the gateway accepts) for
+    a readable label; the same label always gives the same SID."""
+    if re.fullmatch(r"(SM|MM)[0-9a-f]{32}", label):
+        return label
+    return "SM" + hashlib.md5(label.encode()).hexdigest()

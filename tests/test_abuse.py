@@ -1,15 +1,17 @@
 """Attacks and careless clients the gateway withstands (issue 12), each
-against a running gateway. An operator can read this file as the list.
+against a running gateway. An operator can read this file as the list:
 
-So far: agents and admins stay inside their rights (an admin's own package,
-a colleague's lead, another account's users); idempotency keys are per
-user; event streams end with their credential; failures are throttled, never an address's good traffic (also
-behind a proxy, and CORS preflights are never charged); a non-ASCII
-signature header is a 403 (it was a 500, untouched by
-the failure throttle); a NUL in a text never turns into a 200 for a text
-that was not stored; a value Postgres refuses is a 400, never a queued and
-then lost text; the outbox, which holds callers' numbers and texts, is
-private to the gateway's user."""
+- failures are throttled, never an address's good traffic (also behind a
+  proxy), and CORS preflights are never charged;
+- a non-ASCII signature header is a 403, not a 500;
+- a NUL in a text never turns into a 200 for a text that was not stored,
+  and a value Postgres refuses is a 400, never a queued and lost text;
+- the outbox, which holds callers' numbers and texts, is private;
+- an event stream ends with its credential, and streams per key are capped;
+- idempotency keys belong to their user and to one request;
+- agents and admins stay inside their rights (an admin's own package, a
+  colleague's lead, another account's users);
+- a Twilio webhook re-cut at a field boundary is refused."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from multidict import MultiDict
+from twilio.request_validator import RequestValidator
 
 from gateway.config import LimitsSettings
 from gateway.http.limits import client_source
@@ -34,6 +38,7 @@ from tests import factories
 from tests.test_admin_api import team
 from tests.test_crm import event, http_setup, routed
 from tests.test_texts_inbound import (
+    PUBLIC,
     TOKEN,
     gw,
     setup,
@@ -82,8 +87,9 @@ async def test_a_nul_in_a_text_body_is_dropped_and_the_text_stored(
     }})  # fmt: skip
     assert status == 200 and reply["message_id"] > 0
     bodies = await conn.fetch("SELECT provider_message_id, body FROM messages ORDER BY id")
-    assert [tuple(r) for r in bodies] == [("SMnul1", "seeyou"), ("tx-nul1", "ab")]
-    assert (await twilio_post(gw, twilio_params("SM\x00x")))[0] == 400  # an identifier is not a text
+    assert [tuple(r) for r in bodies] == [(factories.twilio_sid("SMnul1"), "seeyou"), ("tx-nul1", "ab")]
+    nul_sid = [("MessageSid", "SM\x00" + "0" * 31), *twilio_params("SMnul2")[1:]]
+    assert (await twilio_post(gw, nul_sid))[0] == 400  # an identifier is not a text
     assert gw.recorder is not None and gw.recorder.backlog() == 0
 
 
@@ -309,3 +315,29 @@ async def test_a_purchase_answers_another_accounts_user_like_a_missing_one(
         answers.append(await t.apis["owner"].call("POST", "/v1/numbers/purchase", json=order))
     assert answers[0] == answers[1] and answers[0][0] == 422
     assert answers[0][1]["errors"][0]["field"] == "owner_user_id"
+
+
+async def test_a_twilio_webhook_recut_at_a_field_boundary_is_refused(
+    gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 8: Twilio signs names and values run together, so a captured
+    webhook re-cut at a boundary still verifies, and was stored as a new text."""
+    await setup(conn, gw)
+    original = twilio_params("SMcaptured")
+    url = PUBLIC + "/v1/webhooks/twilio/messages"
+    signature = RequestValidator(TOKEN).compute_signature(url, MultiDict(original))
+    assert (await twilio_post(gw, original, signature=signature))[0] == 200
+    fields = dict(original)
+    sid = fields["MessageSid"]
+    others = [(k, v) for k, v in original if k not in ("MessageSid", "NumMedia", "SmsSid")]
+    recuts = [
+        # MessageSid swallows the next field: a 'new' message id.
+        [("MessageSid", sid + "NumMedia0"), ("SmsSid", sid), *others],
+        # A merged name carries the next field's value.
+        [("MessageSid", sid), ("NumMedia0SmsSid", sid), *others],
+    ]
+    for params in recuts:
+        assert RequestValidator(TOKEN).validate(url, MultiDict(params), signature)  # the attack is real
+        status, body = await twilio_post(gw, params, signature=signature)
+        assert status == 400, (params, body)
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 1

@@ -112,7 +112,7 @@ async def test_database_outage_loses_nothing(private_cluster: EmbeddedPostgres, 
             "carrier", "uac_dialog.xml", tmp_path, ip=CARRIER_IP, remote=f"127.0.0.1:{gw.sip_port}",
             service=NUMBER, calls=5, rate=20, pause_ms=200,
         )  # fmt: skip
-        statuses = [await text(gw.http_port, f"SMout{i}") for i in range(5)]
+        statuses = [await text(gw.http_port, factories.twilio_sid(f"SMout{i}")) for i in range(5)]
         assert await carrier.wait(30) == 0, carrier.errors()  # routed and bridged from the snapshot
         assert await agent.wait(30) == 0
         assert statuses == [200] * 5  # acknowledged: durable in the outbox
@@ -124,7 +124,10 @@ async def test_database_outage_loses_nothing(private_cluster: EmbeddedPostgres, 
         try:
             assert await conn.fetchval(ANSWERED) == 5
             assert (
-                await conn.fetchval("SELECT count(*) FROM messages WHERE provider_message_id LIKE 'SMout%'")
+                await conn.fetchval(
+                    "SELECT count(*) FROM messages WHERE provider_message_id = ANY($1)",
+                    [factories.twilio_sid(f"SMout{i}") for i in range(5)],
+                )
                 == 5
             )
             assert await conn.fetchval("SELECT count(*) FROM usage_ledger") == 10  # once each, never twice
@@ -149,7 +152,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(db_dsn: str, tmp_pat
 
         async def texts() -> None:
             for i in range(1000):
-                sid = f"SMkill{i}"
+                sid = factories.twilio_sid(f"SMkill{i}")
                 if await text(gw.http_port, sid) == 200:
                     acked.append(sid)
 

@@ -105,6 +105,7 @@ async def twilio_post(
 def twilio_params(
     sid: str, sender: str = "+15557000001", body: str = "Is the house still for sale?", **extra: str
 ) -> list[tuple[str, str]]:
+    sid = factories.twilio_sid(sid)
     return [
         ("MessageSid", sid),
         ("SmsSid", sid),
@@ -122,7 +123,9 @@ async def test_twilio_text_from_a_lead_is_stored_routed_and_charged(
     acct, _, lead = await setup(conn, gw)
     status, body = await twilio_post(gw, twilio_params("SM0001", NumSegments="2"))
     assert status == 200 and body.endswith("<Response/>")
-    msg = await conn.fetchrow("SELECT * FROM messages WHERE provider_message_id = 'SM0001'")
+    msg = await conn.fetchrow(
+        "SELECT * FROM messages WHERE provider_message_id = $1", factories.twilio_sid("SM0001")
+    )
     assert (msg["user_id"], msg["status"], msg["segments"], msg["direction"]) == (
         acct.owner_id,
         "received",
@@ -163,9 +166,9 @@ async def test_unknown_sender_ring_all_delivers_to_all_and_charges_once(
     assert gw.keeper is not None
     await gw.keeper.wait_until(lambda idx: (u := idx.user(second)) is not None and u.package == "none")
     assert (await twilio_post(gw, twilio_params("SM0003", sender="+15557009999")))[0] == 200
-    assert await conn.fetchval("SELECT status FROM messages WHERE provider_message_id = 'SM0003'") == (
-        "undelivered_no_target"
-    )
+    assert await conn.fetchval(
+        "SELECT status FROM messages WHERE provider_message_id = $1", factories.twilio_sid("SM0003")
+    ) == ("undelivered_no_target")
 
 
 async def test_twilio_signature_checks(gw: Gateway, conn: asyncpg.Connection) -> None:
@@ -316,7 +319,10 @@ async def test_database_down_text_is_acknowledged_from_the_outbox_and_stored_onc
         check = await asyncpg.connect(private_cluster.dsn)
         try:
             assert (
-                await check.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = 'SM-down'")
+                await check.fetchval(
+                    "SELECT count(*) FROM messages WHERE provider_message_id = $1",
+                    factories.twilio_sid("SM-down"),
+                )
                 == 1
             )
             assert await check.fetchval("SELECT count(*) FROM usage_ledger") == 1

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from gateway.store.api_keys import create_key
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
+from tests.factories import twilio_sid
 from tests.gateway_process import GatewayProcess
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, Sipp, free_port, start_sipp
 from tests.test_hostile_input import TEMPLATES, mutate
@@ -107,7 +108,7 @@ class Bench:
         end = time.monotonic() + seconds
         i = 0
         while time.monotonic() < end:
-            sid = f"{prefix}{i}"
+            sid = twilio_sid(f"{prefix}{i}")
             i += 1
             if await text(self.gw.http_port, sid) == 200:
                 acked.append(sid)
