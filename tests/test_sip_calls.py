@@ -62,6 +62,20 @@ async def routable(sip_gw: Gateway, number_id: int, *user_ids: int) -> None:
     )
 
 
+async def agent_number(
+    sip_gw: Gateway, conn: asyncpg.Connection, **settings: object
+) -> tuple[factories.Account, int, int]:
+    """An account whose agent's phone answers on a free port of PHONE_IP, and
+    the company number NUMBER routed to that agent, ready in the index.
+    Returns (account, phone port, number id)."""
+    acct = await factories.account(conn)
+    port = free_port(PHONE_IP)
+    await phone(conn, acct.agent_id, port)
+    number_id = await company_number(conn, acct, [acct.agent_id], **settings)
+    await routable(sip_gw, number_id, acct.agent_id)
+    return acct, port, number_id
+
+
 async def records(sip_gw: Gateway, conn: asyncpg.Connection) -> list[asyncpg.Record]:
     assert sip_gw.recorder is not None
     assert await sip_gw.recorder.drain(10)

@@ -20,7 +20,16 @@ from gateway.sip.digest import ha1
 from tests import factories
 from tests.conftest import sip_settings
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp, udp_endpoint, udp_exchange
-from tests.test_sip_calls import NUMBER, SDP, company_number, phone, records, routable, sip_target
+from tests.test_sip_calls import (
+    NUMBER,
+    SDP,
+    agent_number,
+    company_number,
+    phone,
+    records,
+    routable,
+    sip_target,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -31,11 +40,7 @@ async def test_at_10_percent_loss_every_call_gets_its_final_and_no_slot_leaks(
     """SIPp drops 10% of what it sends and receives: INVITEs, 100/180/200/486,
     ACKs, BYEs and their 200s. A limit of 4 makes many calls 486s, whose
     retransmission (Timer G) the old core lacked (8 of 200 calls got no final)."""
-    acct = await factories.account(conn)
-    port = free_port(PHONE_IP)
-    await phone(conn, acct.agent_id, port)
-    number_id = await company_number(conn, acct, [acct.agent_id], max_concurrent_calls=4)
-    await routable(sip_gw, number_id, acct.agent_id)
+    _, port, _ = await agent_number(sip_gw, conn, max_concurrent_calls=4)
     calls = 200
     agent = await start_sipp("agent", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=port, calls=calls)
     carrier = await start_sipp(
@@ -271,11 +276,7 @@ async def test_bye_in_the_early_dialog_stops_the_ringing_and_frees_the_slot(
     sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """Defect 3: a BYE with the 180's To tag got 481 and the agent kept ringing."""
-    acct = await factories.account(conn)
-    port = free_port(PHONE_IP)
-    await phone(conn, acct.agent_id, port)
-    number_id = await company_number(conn, acct, [acct.agent_id], max_concurrent_calls=1)
-    await routable(sip_gw, number_id, acct.agent_id)
+    _, port, _ = await agent_number(sip_gw, conn, max_concurrent_calls=1)
     ringing = await start_sipp("ringing", "uas_ring_only.xml", tmp_path, ip=PHONE_IP, port=port)
     caller = await start_sipp(
         "caller", "uac_early_bye.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(sip_gw), service=NUMBER
@@ -291,11 +292,7 @@ async def test_delayed_offer_reaches_the_agent_in_the_ack(
 ) -> None:
     """Defect 7: the caller's answer (in its ACK) never reached the agent; the
     gateway sent an empty ACK of its own first. Both SIPps check the SDP."""
-    acct = await factories.account(conn)
-    port = free_port(PHONE_IP)
-    await phone(conn, acct.agent_id, port)
-    number_id = await company_number(conn, acct, [acct.agent_id])
-    await routable(sip_gw, number_id, acct.agent_id)
+    _, port, _ = await agent_number(sip_gw, conn)
     agent = await start_sipp("agent", "uas_delayed_offer.xml", tmp_path, ip=PHONE_IP, port=port)
     caller = await start_sipp(
         "caller", "uac_delayed_offer.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(sip_gw), service=NUMBER
