@@ -341,3 +341,25 @@ async def test_a_twilio_webhook_recut_at_a_field_boundary_is_refused(
         status, body = await twilio_post(gw, params, signature=signature)
         assert status == 400, (params, body)
     assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_deep_json_huge_integers_and_long_ids_are_400_not_500(
+    gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 4, in part: input Python itself refuses to parse."""
+    acct, _, _ = await setup(conn, gw)
+    key = await create_key(conn, acct.id, acct.owner_id)
+    base = f"http://127.0.0.1:{gw.http_port}"
+    deep = b"[" * 5000 + b"]" * 5000  # past the parser's recursion limit, under the body limit
+    huge = b'{"name": "x", "office_id": ' + b"9" * 5000 + b"}"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s:
+        for raw in (deep, huge):
+            async with s.post(
+                base + "/v1/offices", data=raw, headers={"Content-Type": "application/json"}
+            ) as r:
+                body = await r.json(content_type=None)
+                assert r.status == 400 and body["errors"][0]["field"] == "body", body
+        async with s.get(base + "/v1/leads/" + "9" * 5000) as r:
+            assert r.status == 400 and (await r.json(content_type=None))["errors"][0]["field"] == "lead_id"
+    status, body = await telnyx_post(gw, deep)  # signed, then refused as data
+    assert status == 400 and body["errors"][0]["field"] == "data"

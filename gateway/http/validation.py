@@ -30,7 +30,8 @@ def field_error(field: str, message: str, status: int = 422) -> InvalidInput:
 def path_id(request: web.Request, name: str) -> int:
     """A positive 64-bit id from the path, else 400 naming it."""
     raw = request.match_info[name]
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    # The length first: int() of thousands of digits raises (a 500 before).
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 0 < int(raw) <= MAX_ID:
         raise field_error(name, "must be a positive integer", status=400)
     return int(raw)
 
@@ -43,8 +44,10 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise field_error("body", f"is not valid JSON ({exc.__class__.__name__})", status=400) from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError: malformed JSON, bad UTF-8, or an integer past Python's
+        # digit limit; RecursionError: nesting deeper than the parser goes.
+        raise field_error("body", f"is not usable JSON ({exc.__class__.__name__})", status=400) from None
     if not isinstance(body, dict):
         raise field_error("body", "must be a JSON object", status=400)
     return body

@@ -275,7 +275,7 @@ async def telnyx_messages(request: web.Request) -> web.Response:
         data = json.loads(raw)["data"]
         event_type = data["event_type"]
         payload = data["payload"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise field_error("data", "must hold event_type and payload", status=400) from None
     if event_type in ("message.sent", "message.finalized") and isinstance(payload, dict):
         recipients = payload.get("to") if isinstance(payload.get("to"), list) else []
