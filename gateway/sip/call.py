@@ -87,7 +87,6 @@ class Relay:
     """A re-INVITE relayed from one side to the other, until its ACK."""
 
     server: ServerTx
-    client: ClientTx
     other: Side
     cseq: int  # of the re-INVITE we got: its ACK carries it
     forwarded_cseq: int
@@ -567,9 +566,9 @@ class Call:
             self.host.reply(rec, 408, "Request Timeout")
             self._hang_up_both("answered")
 
-        client = self.host.request(fwd, other.dialog.peer, relayed, timed_out)
+        self.host.request(fwd, other.dialog.peer, relayed, timed_out)
         if req.method == "INVITE":
-            relay = Relay(rec, client, other, cseq_number(req), cseq_number(fwd))
+            relay = Relay(rec, other, cseq_number(req), cseq_number(fwd))
             relay_ref.append(relay)
             side.relay = relay
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aiosipua import SipRequest
 
 from gateway.sip.transport import Peer
-from gateway.sip.wire import new_branch, uri_host_port
+from gateway.sip.wire import uri_host_port
 
 
 @dataclass(slots=True)
@@ -35,21 +35,20 @@ class DialogSide:
         method: str,
         via_host: str,
         *,
+        branch: str,
         body: bytes = b"",
         content_type: str | None = None,
         cseq: int | None = None,
-        branch: str | None = None,
     ) -> SipRequest:
         """An in-dialog request. ACK reuses the INVITE's CSeq (pass ``cseq``);
-        every other method takes the next local CSeq."""
+        every other method takes the next local CSeq. ``branch`` comes from the
+        core, which marks every branch it issues (loop detection, 482)."""
         if cseq is None:
             self.local_cseq += 1
             cseq = self.local_cseq
         req = SipRequest(method=method, uri=self.remote_target)
         h = req.headers
-        h.append(
-            "Via", f"SIP/2.0/{self.peer.transport.upper()} {via_host};branch={branch or new_branch()};rport"
-        )
+        h.append("Via", f"SIP/2.0/{self.peer.transport.upper()} {via_host};branch={branch};rport")
         for route in self.route_set:
             h.append("Route", route)
         h.append("Max-Forwards", "70")

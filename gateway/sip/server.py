@@ -77,7 +77,7 @@ class ClientTx:
     """A live client transaction: the pure machine, its peer, its timers and
     who hears its responses and failures."""
 
-    __slots__ = ("handles", "key", "machine", "method", "on_failure", "on_response", "peer")
+    __slots__ = ("handles", "key", "machine", "on_failure", "on_response", "peer")
 
     def __init__(
         self,
@@ -90,7 +90,6 @@ class ClientTx:
         self.machine = machine
         self.peer = peer
         self.key = key
-        self.method = machine.request.method
         self.on_response = on_response
         self.on_failure = on_failure
         self.handles: dict[tx.Timer, Handle] = {}

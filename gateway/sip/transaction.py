@@ -176,10 +176,6 @@ class ClientInvite:
             self._cancel = True
         return []
 
-    @property
-    def cancelling(self) -> bool:
-        return self._cancel
-
     def fire(self, timer: Timer, now: float) -> list[Action]:
         state = self.state
         if timer is Timer.A and state is State.CALLING:

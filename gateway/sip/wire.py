@@ -21,10 +21,6 @@ _SUPPORTED_OPTIONS = frozenset(("timer",))
 KNOWN_UNSUPPORTED = frozenset(("REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "PRACK"))
 
 
-def new_branch() -> str:
-    return MAGIC_COOKIE + secrets.token_hex(8)
-
-
 def new_tag() -> str:
     return secrets.token_hex(6)
 
