@@ -114,7 +114,7 @@ class Providers:
 
 
 def _retry_after(header: str | None, attempt: int) -> float:
-    if header and header.strip().isdigit():
+    if header and header.strip().isascii() and header.strip().isdigit() and len(header.strip()) <= 6:
         return float(header.strip())
     return float(0.5 * 2 ** (attempt - 1))
 

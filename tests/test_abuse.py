@@ -363,3 +363,109 @@ async def test_deep_json_huge_integers_and_long_ids_are_400_not_500(
             assert r.status == 400 and (await r.json(content_type=None))["errors"][0]["field"] == "lead_id"
     status, body = await telnyx_post(gw, deep)  # signed, then refused as data
     assert status == 400 and body["errors"][0]["field"] == "data"
+
+
+async def test_hostile_field_values_are_4xx_naming_the_field(gw: Gateway, conn: asyncpg.Connection) -> None:
+    """Item 4, the rest: values Python holds but Postgres refuses (NUL, dates
+    whose UTC conversion overflows, integers past bigint), digit-like Unicode
+    where an integer goes, and a CSV field past the csv module's limit."""
+    acct, _, _ = await setup(conn, gw)
+    number_id = await conn.fetchval("SELECT id FROM numbers WHERE account_id = $1", acct.id)
+    key = await create_key(conn, acct.id, acct.owner_id)
+    base = f"http://127.0.0.1:{gw.http_port}"
+    lead = {"source": "Zillow", "phones": ["+15557000777"]}
+    sent: list[tuple[str, str, dict[str, object], str]] = [
+        ("POST", "/v1/offices", {"name": "North\x00"}, "name"),
+        ("POST", "/v1/leads", {**lead, "name": "A\x00"}, "name"),
+        ("POST", "/v1/leads", {**lead, "tags": ["hot\x00"]}, "tags"),
+        ("POST", f"/v1/users/{acct.owner_id}/api-keys", {"label": "ci\x00"}, "label"),
+        ("PATCH", f"/v1/numbers/{number_id}", {"description": "main\x00"}, "description"),
+        ("PATCH", f"/v1/users/{acct.owner_id}", {"name": "Ann\x00"}, "name"),
+        ("POST", "/v1/leads", {**lead, "created_at": "0001-01-01T00:00+14:00"}, "created_at"),
+        ("POST", "/v1/leads", {**lead, "created_at": "9999-12-31T23:59:59-14:00"}, "created_at"),
+    ]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s:
+        for method, path, payload, field in sent:
+            async with s.request(method, base + path, json=payload) as r:
+                body = await r.json(content_type=None)
+                assert r.status in (400, 422), (path, payload, r.status, body)
+                assert field in {e["field"] for e in body["errors"]}, (path, payload, body)
+        header = "source,primary_agent_id,phones,name,created_at\r\n"
+        agent = acct.agent_id
+        csv_cases = [
+            (f"Zillow,{'9' * 5000},+15557000778,,\r\n", "primary_agent_id"),
+            (f"Zillow,{agent}²,+15557000778,,\r\n", "primary_agent_id"),
+            (f"Zillow,{agent + 2**64},+15557000778,,\r\n", "primary_agent_id"),
+            (f"Zil\x00low,{agent},+15557000778,,\r\n", "source"),
+            (f"Zillow,{agent},+15557000778,A\x00,\r\n", "name"),
+            (f"Zillow,{agent},+15557000778,,0001-01-01T00:00+14:00\r\n", "created_at"),
+            (f'Zillow,{agent},+15557000778,"{"x" * 200_000}",\r\n', "body"),
+        ]
+        for row, field in csv_cases:
+            async with s.post(
+                base + "/v1/leads:import", data=(header + row).encode(), headers={"Content-Type": "text/csv"}
+            ) as r:
+                body = await r.json(content_type=None)
+                assert r.status in (400, 422), (row[:80], r.status, body)
+                assert field in {e["field"] for e in body["errors"]}, (row[:80], body)
+        ndjson = b'{"source": "Z", "primary_agent_id": ' + b"9" * 5000 + b', "phones": ["+15557000778"]}\n'
+        async with s.post(
+            base + "/v1/leads:import", data=ndjson, headers={"Content-Type": "application/x-ndjson"}
+        ) as r:
+            body = await r.json(content_type=None)
+            assert r.status == 422 and body["errors"][0]["field"] == "row", body
+    for name, value in (("NumMedia", "²"), ("NumMedia", "9" * 5000), ("NumSegments", "9" * 30)):
+        status, text = await twilio_post(gw, twilio_params(f"odd-{name}-{len(value)}", **{name: value}))
+        assert status == 400 and name in text, (name, value[:10], status, text)
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 1  # only setup's
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_sip_username_taken_elsewhere_is_409_without_naming_the_account(
+    gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Item 4: digest looks a device up by username alone in one realm, so a
+    username stays unique across the gateway; a clash is 409, the same words
+    whichever account holds it."""
+    mine = await factories.account(conn)
+    theirs = await factories.account(conn)
+    key = await create_key(conn, mine.id, mine.owner_id)
+    url = f"http://127.0.0.1:{gw.http_port}/v1/users/{{}}"
+    credentials = {"sip_username": "front-desk", "sip_password": "correct horse battery"}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s:
+        other_key = await create_key(conn, theirs.id, theirs.owner_id)
+        async with s.patch(
+            url.format(theirs.agent_id), json=credentials, headers={"Authorization": f"Bearer {other_key}"}
+        ) as r:
+            assert r.status == 200, await r.text()
+        answers = []
+        for username in ("FRONT-DESK", "front-desk"):
+            clash = {**credentials, "sip_username": username}
+            async with s.patch(url.format(mine.agent_id), json=clash) as r:
+                body = await r.json(content_type=None)
+                assert r.status == 409 and body["errors"][0]["field"] == "sip_username", body
+                answers.append(body)
+        assert str(theirs.id) not in json.dumps(answers) and answers[0] == answers[1]
+
+
+async def test_the_api_answers_as_its_document_says(gw: Gateway, conn: asyncpg.Connection) -> None:
+    """Item 4's conformance findings: a literal path beside an ``{id}`` answers
+    405 to other methods, and a 204 promises no body."""
+    acct = await factories.account(conn)
+    key = await create_key(conn, acct.id, acct.owner_id)
+    base = f"http://127.0.0.1:{gw.http_port}"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s:
+        for method in ("GET", "PATCH", "DELETE"):
+            async with s.request(method, base + "/v1/numbers/purchase") as r:
+                assert r.status == 405 and r.headers["Allow"] == "POST", (method, r.status)
+        async with s.get(base + "/v1/numbers/abc") as r:
+            body = await r.json(content_type=None)
+            assert r.status == 400 and body["errors"][0]["field"] == "number_id"
+        async with s.get(base + "/openapi.json") as r:
+            document = await r.json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if "204" in operation["responses"]:
+                assert "content" not in operation["responses"]["204"], (method, path)
+            if "{" in path:
+                assert {"400", "404"} <= set(operation["responses"]), (method, path)

@@ -280,7 +280,12 @@ async def patch_user(request: web.Request) -> web.Response:
         sender = changes.get("sender_number_id", current["sender_number_id"])
         if changes.get("sender_number_id") is not None or ("package" in changes and sender is not None):
             await _check_sender(conn, who.account_id, current, package, sender)
-        await update_columns(conn, "users", user_id, who.account_id, changes)
+        try:
+            await update_columns(conn, "users", user_id, who.account_id, changes)
+        except asyncpg.UniqueViolationError:
+            # Digest finds a device by username alone in the one realm, so names
+            # are unique gateway-wide; the answer never says who holds one.
+            raise field_error("sip_username", "is taken; choose another", status=409) from None
         row = await _user_row(conn, who.account_id, user_id)
     return web.json_response(json_row(row))
 

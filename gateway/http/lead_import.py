@@ -23,6 +23,7 @@ from gateway.store.leads import LeadRow
 REQUIRED_COLUMNS = ("source", "primary_agent_id", "phones")
 MAX_ROWS = 200_000
 MAX_REPORTED_ERRORS = 1_000
+_TEXT_FIELDS = ("source", "name", "phones", "tags")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
@@ -45,13 +46,17 @@ def parse(raw: bytes, content_type: str) -> Iterator[tuple[int, dict[str, Any]]]
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ImportRejected(400, "header", f"missing column(s): {', '.join(missing)}")
-        for number, row in enumerate(reader, start=1):
-            yield number, row
+        number = 0
+        try:
+            for number, row in enumerate(reader, start=1):
+                yield number, row
+        except csv.Error as exc:  # e.g. a field past the csv module's 128 KiB limit
+            raise ImportRejected(400, "body", f"row {number + 1} is not readable CSV: {exc}") from None
     elif content_type in ("application/x-ndjson", "application/ndjson"):
         for number, line in enumerate((line for line in text.splitlines() if line.strip()), start=1):
             try:
                 value = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # also: integers past Python's digit limit, deep nesting
                 value = None
             yield number, value if isinstance(value, dict) else {"__invalid__": True}
     else:
@@ -80,6 +85,9 @@ def validate(
             fail(number, "row", "is not a JSON object")
             continue
         before = count
+        for field in _TEXT_FIELDS:
+            if _has_nul(row.get(field)):  # Postgres text cannot hold U+0000
+                fail(number, str(field), "must not contain the NUL character (U+0000)")
         source = _text(row.get("source"))
         if not source or len(source) > 200:
             fail(number, "source", "is required, at most 200 characters")
@@ -118,9 +126,20 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few
+    # enough that int() cannot refuse them.
+    digits = value.strip() if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 19:
+        return int(digits)
     return None
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(isinstance(item, str) and "\x00" in item for item in value)
+    return False
 
 
 def _items(value: Any) -> list[str]:
@@ -141,4 +160,7 @@ def _when(value: Any) -> tuple[bool, datetime | None]:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         return False, None
-    return True, parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:  # stored as UTC: 0001-01-01T00:00+14:00 has no UTC time
+        return True, parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except OverflowError:
+        return False, None

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+def _no_nul(value: Any) -> Any:
+    """Postgres text cannot hold U+0000; refuse it here, naming the field,
+    rather than let the database refuse it later (issue 12, item 4)."""
+    strings = value if isinstance(value, list) else [value]
+    if any(isinstance(item, str) and "\x00" in item for item in strings):
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """Stored as UTC: a time whose conversion leaves year 1..9999 is refused."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 def not_null(*names: str) -> Any:
@@ -21,7 +39,13 @@ def not_null(*names: str) -> Any:
     return field_validator(*names, mode="before")(classmethod(refuse_null))
 
 
-class Strict(BaseModel):
+class Input(BaseModel):
+    """Every request model: no string anywhere may hold a NUL."""
+
+    _no_nul = field_validator("*", mode="after")(classmethod(lambda cls, value: _no_nul(value)))
+
+
+class Strict(Input):
     """No coercion ("7" is not 7), no unknown fields: a typo is an error, not a no-op."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -36,12 +60,12 @@ class NotificationAction(Strict):
     name: str = Field("", max_length=200, description="new_lead: the lead's name")
 
 
-class NotificationsQuery(BaseModel):
+class NotificationsQuery(Input):
     model_config = ConfigDict(extra="ignore")
     state: Literal["open", "closed", "all"] = "open"
 
 
-class UsageQuery(BaseModel):
+class UsageQuery(Input):
     model_config = ConfigDict(extra="ignore")
     period: str = Field(pattern=r"^2[01][0-9]{2}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
 
@@ -72,7 +96,7 @@ class NumberSettings(Strict):
     )
 
 
-class SendersQuery(BaseModel):
+class SendersQuery(Input):
     model_config = ConfigDict(extra="ignore")
     kind: Literal["manual", "auto"] = "auto"
     user: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(None, description="defaults to the caller")
@@ -142,7 +166,7 @@ class KeyCreate(Strict):
 PhoneIn = Annotated[str, Field(min_length=1, max_length=64, description="any format; stored as E.164")]
 TagIn = Annotated[str, Field(min_length=1, max_length=200)]
 # JSON carries times as ISO 8601 strings, so these fields parse (the rest stay strict).
-When = Annotated[AwareDatetime, Field(strict=False)]
+When = Annotated[AwareDatetime, Field(strict=False), AfterValidator(_in_utc)]
 
 
 class LeadIn(Strict):
@@ -165,7 +189,7 @@ class LeadPatch(Strict):
     _not_null = not_null("name", "primary_agent_id", "source", "phones", "tags")
 
 
-class LeadSearch(BaseModel):
+class LeadSearch(Input):
     model_config = ConfigDict(extra="ignore")
     phone: str = Field(min_length=1, max_length=64)
 

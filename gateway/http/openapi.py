@@ -64,8 +64,9 @@ class Api:
         return register
 
     def mount(self, app: web.Application) -> None:
+        literal = {op.path for op in self.operations}
         for operation in self.operations:
-            app.router.add_route(operation.method, operation.path, operation.handler)
+            app.router.add_route(operation.method, _route(operation.path, literal), operation.handler)
 
     def document(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document. Costs a schema build per model (cache it)."""
@@ -77,6 +78,8 @@ class Api:
                 "operationId": op.handler.__name__,
                 "responses": {str(op.ok): {"description": "success", "content": {"application/json": {}}}},
             }
+            if op.ok == 204:  # No Content: documenting a media type would promise a body
+                entry["responses"]["204"] = {"description": "done; no body"}
             params = [
                 {
                     "name": name,
@@ -101,6 +104,7 @@ class Api:
                     },
                 }
             statuses = set(op.errors) | ({400, 422} if op.body or op.query else set())
+            statuses |= {400, 404} if _PARAM.search(op.path) else set()  # a malformed or unknown id
             statuses |= {415} if op.body else set()
             statuses |= set() if op.public else {401}
             statuses |= {429} if op.path.startswith("/v1/") else set()  # failures throttled per source
@@ -140,6 +144,26 @@ class Api:
             "<code>Authorization: Bearer gk_…</code>.</p><table><tr><th>method</th><th>path</th>"
             f"<th>what</th><th>body</th></tr>{rows}</table></body></html>"
         )
+
+
+def _route(path: str, paths: set[str]) -> str:
+    """``path`` for aiohttp's router, each ``{id}`` refusing the literal
+    segments its siblings use. Otherwise ``GET /v1/numbers/purchase`` would be
+    ``GET /v1/numbers/{number_id}`` with a bad id (400), not the 405 its
+    method deserves; any other bad id still reaches the handler's 400."""
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
+        if not (match := _PARAM.fullmatch(segment)):
+            continue
+        siblings = sorted(
+            other[i]
+            for other in (p.split("/") for p in paths)
+            if len(other) > i and other[:i] == segments[:i] and not _PARAM.fullmatch(other[i])
+        )
+        if siblings:
+            words = "|".join(re.escape(word) for word in siblings)
+            segments[i] = f"{{{match[1]}:(?!(?:{words})(?:/|$))[^/]+}}"
+    return "/".join(segments)
 
 
 def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:

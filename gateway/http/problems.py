@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
+    except asyncpg.DataError as exc:
+        # Class 22: Postgres refused a value the request carried. Handlers check
+        # their fields first; this is the net under them, never a 500.
+        log.warning("value refused by the database in %s %s: %s", request.method, request.path, exc)
+        return problem(
+            400,
+            "Bad Request",
+            f"a value in the request cannot be stored ({type(exc).__name__})",
+            errors=[{"field": "body", "message": "holds a value the database refuses"}],
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "the gateway failed; the error is logged")

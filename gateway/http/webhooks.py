@@ -113,6 +113,17 @@ def _phone(value: Any, field: str) -> str:
     return e164
 
 
+def _count(fields: dict[str, str], name: str) -> int | None:
+    """A Twilio count (NumMedia, NumSegments), or None when absent. ASCII
+    digits only ("²" passes str.isdigit), and few enough for an int column."""
+    raw = fields.get(name, "")
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6):
+        raise field_error(name, "must be a non-negative integer below 1000000", status=400)
+    return int(raw)
+
+
 def _text(body: str) -> str:
     """A text's body as Postgres can keep it: NUL (which no SMS means, and
     Postgres text refuses) is dropped; everything else is kept as sent."""
@@ -233,7 +244,7 @@ async def twilio_messages(request: web.Request) -> web.Response:
     params = verified
     fields = dict(params)
     sid = _twilio_sid(fields)
-    count = int(fields["NumMedia"]) if fields.get("NumMedia", "").isdigit() else 0
+    count = _count(fields, "NumMedia") or 0
     media = [
         {"url": fields[f"MediaUrl{i}"], "content_type": fields.get(f"MediaContentType{i}", "")}
         for i in range(min(count, 10))
@@ -247,7 +258,7 @@ async def twilio_messages(request: web.Request) -> web.Response:
         body=_text(fields.get("Body", "")),
         received_at=datetime.now(UTC),
         media=media,
-        segments=int(fields["NumSegments"]) if fields.get("NumSegments", "").isdigit() else None,
+        segments=_count(fields, "NumSegments"),
     )
     accepted = await _accept(request, text)
     if isinstance(accepted, web.Response):
