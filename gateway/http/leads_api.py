@@ -65,7 +65,7 @@ async def search_leads(request: web.Request) -> web.Response:
     who = principal(request)
     e164 = to_e164(query(request, LeadSearch).phone)
     if e164 is None:
-        raise field_error("phone", "is not a phone number", status=400)
+        raise field_error("phone", "is not a phone number")  # well-formed, but no number: 422
     async with request.app[POOL].acquire() as conn:
         ids = await leads.find_by_phone(conn, who.account_id, e164)
         found = [await leads.get_lead(conn, who.account_id, lead_id) for lead_id in ids]
@@ -125,7 +125,8 @@ async def delete_lead(request: web.Request) -> web.Response:
     "/v1/leads:import",
     "Import leads from CSV or NDJSON: all or nothing (owner/admin)",
     ok=201,
-    errors=(403, 413, 415, 422),
+    errors=(400, 403, 413, 415, 422),
+    consumes=("text/csv", "application/x-ndjson"),
 )
 async def import_leads(request: web.Request) -> web.Response:
     """Reads the upload (up to http.max_import_bytes), validates every row, then
@@ -142,6 +143,8 @@ async def import_leads(request: web.Request) -> web.Response:
         if size > limit:
             return problem(413, "Payload Too Large", f"imports are limited to {limit} bytes")
         chunks.append(chunk)
+    if not size:  # whatever its declared type, an empty upload holds no leads
+        raise field_error("body", "is empty; send CSV with a header row, or NDJSON")
     async with request.app[POOL].acquire() as conn:
         agent_ids = {
             r["id"] for r in await conn.fetch("SELECT id FROM users WHERE account_id = $1", who.account_id)

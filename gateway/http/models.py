@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
@@ -27,16 +35,16 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("is out of range once converted to UTC") from None
 
 
-def not_null(*names: str) -> Any:
-    """For PATCH models: these fields may be left out, but an explicit null is an
-    error naming the field (their columns are NOT NULL)."""
-
-    def refuse_null(cls: type[BaseModel], value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
-
-    return field_validator(*names, mode="before")(classmethod(refuse_null))
+def _document_not_null(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The schema of a NOT_NULL field says what the validator enforces: the
+    field may be left out, but when sent it is never null."""
+    for name in getattr(model, "NOT_NULL", ()):
+        prop = schema["properties"][name]
+        options = [option for option in prop.pop("anyOf", [prop]) if option != {"type": "null"}]
+        kept = {key: value for key, value in prop.items() if key not in ("default", "anyOf")}
+        schema["properties"][name] = (
+            {**kept, **options[0]} if len(options) == 1 else {**kept, "anyOf": options}
+        )
 
 
 class Input(BaseModel):
@@ -46,9 +54,20 @@ class Input(BaseModel):
 
 
 class Strict(Input):
-    """No coercion ("7" is not 7), no unknown fields: a typo is an error, not a no-op."""
+    """No coercion ("7" is not 7), no unknown fields: a typo is an error, not a no-op.
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    PATCH models list in ``NOT_NULL`` the fields that may be left out but are
+    never null when sent (their columns are NOT NULL)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_not_null)
+    NOT_NULL: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name in cls.NOT_NULL:
+            raise ValueError("cannot be null")
+        return value
 
 
 class NotificationAction(Strict):
@@ -85,14 +104,16 @@ class NumberSettings(Strict):
     provider: Literal["twilio", "telnyx", "sip"] | None = None
     bridge: bool | None = Field(None, description="R11: the account's bridge number (one per account)")
 
-    _not_null = not_null(
-        "bridge",
-        "description",
-        "unknown_route",
-        "route_user_ids",
-        "unknown_step_timeout_s",
-        "max_concurrent_calls",
-        "provider",
+    NOT_NULL = frozenset(
+        {
+            "bridge",
+            "description",
+            "unknown_route",
+            "route_user_ids",
+            "unknown_step_timeout_s",
+            "max_concurrent_calls",
+            "provider",
+        }
     )
 
 
@@ -156,7 +177,7 @@ class UserPatch(Strict):
         None, min_length=12, max_length=128, description="write-only; stored as HA1"
     )
 
-    _not_null = not_null("name", "role", "package", "sip_password")
+    NOT_NULL = frozenset({"name", "role", "package", "sip_password"})
 
 
 class KeyCreate(Strict):
@@ -186,7 +207,7 @@ class LeadPatch(Strict):
     tags: list[TagIn] | None = Field(None, max_length=100, description="replaces all tags")
 
     # A lead keeps exactly one source and one primary agent.
-    _not_null = not_null("name", "primary_agent_id", "source", "phones", "tags")
+    NOT_NULL = frozenset({"name", "primary_agent_id", "source", "phones", "tags"})
 
 
 class LeadSearch(Input):

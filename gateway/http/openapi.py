@@ -37,6 +37,8 @@ class Operation:
     ok: int = 200
     public: bool = False
     errors: tuple[int, ...] = ()
+    produces: str = "application/json"
+    consumes: tuple[str, ...] = ()  # a body that is not a model's JSON: these media types
 
 
 @dataclass
@@ -56,9 +58,13 @@ class Api:
         ok: int = 200,
         public: bool = False,
         errors: tuple[int, ...] = (),
+        produces: str = "application/json",
+        consumes: tuple[str, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.operations.append(Operation(method, path, summary, handler, body, query, ok, public, errors))
+            self.operations.append(
+                Operation(method, path, summary, handler, body, query, ok, public, errors, produces, consumes)
+            )
             return handler
 
         return register
@@ -76,7 +82,7 @@ class Api:
             entry: dict[str, Any] = {
                 "summary": op.summary,
                 "operationId": op.handler.__name__,
-                "responses": {str(op.ok): {"description": "success", "content": {"application/json": {}}}},
+                "responses": {str(op.ok): {"description": "success", "content": {op.produces: {}}}},
             }
             if op.ok == 204:  # No Content: documenting a media type would promise a body
                 entry["responses"]["204"] = {"description": "done; no body"}
@@ -198,6 +204,13 @@ def _invalid(exc: ValidationError, status: int = 422) -> InvalidInput:
     ]
     return InvalidInput(status, "Invalid request", errors)
 
+
+_RAW_BODY: dict[str, dict[str, Any]] = {
+    "application/json": {"type": "object"},
+    "application/x-www-form-urlencoded": {"type": "object", "additionalProperties": {"type": "string"}},
+    "text/csv": {"type": "string"},
+    "application/x-ndjson": {"type": "string"},
+}
 
 _PROBLEM = {
     "type": "object",

@@ -37,7 +37,7 @@ async def readyz(request: web.Request) -> web.Response:
     return problem(503, "Service Unavailable", str(detail.get("reason", "not ready")), **detail)
 
 
-@API.op("GET", "/metrics", "Prometheus exposition", public=True)
+@API.op("GET", "/metrics", "Prometheus exposition", public=True, produces="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of this gateway's registry."""
     body = generate_latest(request.app[METRICS].registry)
@@ -57,6 +57,6 @@ async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(text=_DOCUMENT["json"], content_type="application/json")
 
 
-@API.op("GET", "/docs", "Human-readable API documentation", public=True)
+@API.op("GET", "/docs", "Human-readable API documentation", public=True, produces="text/html")
 async def docs(request: web.Request) -> web.Response:
     return web.Response(text=API.docs_html(), content_type="text/html")

@@ -164,11 +164,13 @@ async def _twilio_form(request: web.Request) -> list[tuple[str, str]] | web.Resp
     token = request.app[TWILIO_TOKEN]
     if not token:
         return _refuse(request, "twilio", "not_configured", 503, "the Twilio webhook is not configured")
-    if request.content_type != "application/x-www-form-urlencoded":
+    params: list[tuple[str, str]] = []  # no body at all: an empty form, which no signature covers
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = await request.post()
+        # A list of pairs, never a dict: repeated names are part of what Twilio signs.
+        params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    elif request.body_exists:
         raise field_error("Content-Type", "must be application/x-www-form-urlencoded", status=415)
-    form = await request.post()
-    # A list of pairs, never a dict: repeated names are part of what Twilio signs.
-    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
     url = request.app[PUBLIC_BASE_URL].rstrip("/") + request.path_qs
     algorithm = twilio_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
     if not twilio_valid(token, url, params, request.headers.get("X-Twilio-Signature", ""), algorithm):
@@ -206,6 +208,7 @@ def _twilio_sid(fields: dict[str, str]) -> str:
     "Twilio delivery status callback for outbound texts",
     public=True,
     errors=(400, 403, 413, 415, 503),
+    consumes=("application/x-www-form-urlencoded",),
 )
 async def twilio_status(request: web.Request) -> web.Response:
     verified = await _twilio_form(request)
@@ -236,6 +239,8 @@ async def _status_update(
     "Twilio inbound message webhook (form, X-Twilio-Signature)",
     public=True,
     errors=(400, 403, 404, 413, 415, 503),
+    produces="text/xml",
+    consumes=("application/x-www-form-urlencoded",),
 )
 async def twilio_messages(request: web.Request) -> web.Response:
     verified = await _twilio_form(request)
@@ -272,6 +277,7 @@ async def twilio_messages(request: web.Request) -> web.Response:
     "Telnyx messaging webhook (JSON, Ed25519 signature)",
     public=True,
     errors=(400, 403, 404, 413, 503),
+    consumes=("application/json",),
 )
 async def telnyx_messages(request: web.Request) -> web.Response:
     key = request.app[TELNYX_KEY]
