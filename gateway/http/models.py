@@ -210,7 +210,10 @@ class LeadPatch(Strict):
     NOT_NULL = frozenset({"name", "primary_agent_id", "source", "phones", "tags"})
 
 
-class LeadSearch(Input):
+class LeadSearch(BaseModel):
+    """Not an ``Input``: the phone is only parsed, never stored, and one that
+    does not parse (NUL or not) is the handler's 422."""
+
     model_config = ConfigDict(extra="ignore")
     phone: str = Field(min_length=1, max_length=64)
 
