@@ -36,6 +36,14 @@ async def seed(dsn: str) -> None:
 
 
 def test_no_generated_request_gets_a_server_error(db_dsn: str, tmp_path: Path) -> None:
+    # CI: a fixed, deterministic budget. API_FUZZ_SECONDS=330 runs random
+    # generation for that long instead (issue 12 asks for at least 5 minutes).
+    long_run = os.environ.get("API_FUZZ_SECONDS")
+    budget = (
+        ["--max-time", long_run]
+        if long_run
+        else ["--generation-deterministic", "--max-examples", "25", "--seed", "7"]
+    )
     asyncio.run(seed(db_dsn))
     env = {
         **os.environ,
@@ -97,13 +105,9 @@ def test_no_generated_request_gets_a_server_error(db_dsn: str, tmp_path: Path) -
                 f"http://127.0.0.1:{port}/openapi.json",
                 "--checks",
                 "all",
-                "--generation-deterministic",
                 "--header",
                 f"Authorization: Bearer {key[0]}",
-                "--max-examples",
-                "25",
-                "--seed",
-                "7",
+                *budget,
                 "--request-timeout",
                 "10",
                 # Revoking the very key the run uses would turn the rest into 401s; tested directly elsewhere.
@@ -116,7 +120,7 @@ def test_no_generated_request_gets_a_server_error(db_dsn: str, tmp_path: Path) -
             cwd=tmp_path,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=600 + float(long_run or 0),
         )
         assert run.returncode == 0, run.stdout[-4000:]
         assert "passed" in run.stdout
