@@ -69,6 +69,14 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TextsSettings:
+    """Group commit of inbound texts (issue 13)."""
+
+    batch_max: int = 256
+    max_pending: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxSettings:
     dir: str = "var/outbox"
 
@@ -127,6 +135,7 @@ class Settings:
     sip: SipSettings = field(default_factory=SipSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    texts: TextsSettings = field(default_factory=TextsSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)

@@ -67,6 +67,21 @@ class Metrics:
             ["provider", "outcome"],
             registry=r,
         )
+        self.text_batch_size = Histogram(
+            "gateway_text_batch_size",
+            "Inbound texts written per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.text_batch_seconds = Histogram(
+            "gateway_text_batch_commit_seconds",
+            "Time to write and commit one batch of inbound texts",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
+            registry=r,
+        )
+        self.text_queue_depth = Gauge(
+            "gateway_text_queue_depth", "Inbound texts waiting for the next batch", registry=r
+        )
         self.webhooks_rejected = Counter(
             "gateway_webhooks_rejected",
             "Webhook requests refused before reading them (bad signature, not configured)",
@@ -77,6 +92,13 @@ class Metrics:
     def watch_pool(self, size: Callable[[], float], in_use: Callable[[], float]) -> None:
         self.db_pool_size.set_function(size)
         self.db_pool_in_use.set_function(in_use)
+
+    def observe_text_batch(self, size: int, seconds: float) -> None:
+        self.text_batch_size.observe(size)
+        self.text_batch_seconds.observe(seconds)
+
+    def watch_text_queue(self, depth: Callable[[], float]) -> None:
+        self.text_queue_depth.set_function(depth)
 
     def watch_index_age(self, age: Callable[[], float]) -> None:
         self.index_age.set_function(age)

@@ -32,6 +32,7 @@ from gateway.store.index_keeper import IndexKeeper
 from gateway.store.migrations import migrate
 from gateway.store.outbox import Outbox
 from gateway.store.sip_store import PgSipStore
+from gateway.store.text_batch import TextBatcher
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,14 @@ class Gateway:
         replayed = await self.recorder.start()
         if replayed:
             log.warning("replaying %d outbox entries from the previous run", replayed)
+        self.texts = TextBatcher(
+            pool,
+            max_batch=self.settings.texts.batch_max,
+            max_pending=self.settings.texts.max_pending,
+            on_batch=self.metrics.observe_text_batch,
+        )
+        texts = self.texts
+        self.metrics.watch_text_queue(lambda: texts.depth)
         app = build_app(
             self.metrics,
             self.readiness,
@@ -106,6 +115,7 @@ class Gateway:
             providers=self.providers,
             event_hub=self.event_hub,
             outbox=self.recorder,
+            texts=self.texts,
             limiter=FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
             trusted_proxies=self.settings.http.trusted_proxies,
         )

@@ -20,6 +20,7 @@ from gateway.providers import Providers
 from gateway.store import purchases
 from gateway.store.events import EventHub
 from gateway.store.outbox import Outbox
+from gateway.store.text_batch import TextBatcher
 
 # Imported for their @API.op registrations.
 _REGISTERED = (admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks)
@@ -40,6 +41,7 @@ def build_app(
     providers: Providers,
     event_hub: EventHub,
     outbox: Outbox,
+    texts: TextBatcher,
     limiter: FailureLimiter,
     trusted_proxies: str = "",
 ) -> web.Application:
@@ -69,6 +71,7 @@ def build_app(
     app[events_api.HUB] = event_hub
     app[events_api.OPEN_STREAMS] = {}
     app[webhooks.OUTBOX] = outbox
+    app[webhooks.TEXTS] = texts
     app[LIMITER] = limiter
     app[TRUSTED_PROXIES] = tuple(trunk_networks(trusted_proxies))
     app[MAX_BODY] = max_body_bytes

@@ -31,6 +31,7 @@ from gateway.providers import map_status
 from gateway.store import texts
 from gateway.store.outbound import update_status
 from gateway.store.outbox import Outbox
+from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,8 @@ TELNYX_KEY: web.AppKey[str] = web.AppKey("telnyx_key", str)
 PUBLIC_BASE_URL: web.AppKey[str] = web.AppKey("public_base_url", str)
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
-ACQUIRE_TIMEOUT_S = 1.5  # Telnyx wants an answer within 2 s
+TEXTS: web.AppKey[TextBatcher] = web.AppKey("texts")
 _DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-# Postgres refusing the data itself (class 22/23): a client's error, never an outage.
-_DATA_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 # Twilio signs names and values run together, so a captured webhook can be
 # re-cut at a field boundary and still verify (issue 12, item 8). What Twilio
 # really sends pins the cuts: its message SIDs are SM/MM + 32 hex digits, and
@@ -133,12 +132,19 @@ def _text(body: str) -> str:
 async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accepted | web.Response:
     metrics = request.app[METRICS]
     try:
-        async with request.app[POOL].acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-            accepted = await texts.accept(conn, request.app[INDEX](), text)
+        accepted = await request.app[TEXTS].accept(request.app[INDEX](), text)
+    except Overloaded as exc:
+        # More waiting than can be written within the provider's budget: say so
+        # now, rather than answer after the provider gave up (issue 13).
+        metrics.texts_received.labels(provider=text.provider, outcome="overloaded").inc()
+        log.warning("text %s refused: %s", text.provider_message_id, exc)
+        refused = problem(503, "Service Unavailable", "too many texts waiting; redeliver it")
+        refused.headers["Retry-After"] = "1"
+        return refused
     except texts.UnknownNumber:
         metrics.texts_received.labels(provider=text.provider, outcome="unknown_number").inc()
         return not_found(f"number {text.to_e164} on this gateway")
-    except _DATA_REFUSED as exc:
+    except DATA_REFUSED as exc:
         # Never 200 for what is not stored, and never to the outbox, which could
         # not store it either (issue 12, item 2).
         metrics.texts_received.labels(provider=text.provider, outcome="rejected").inc()
