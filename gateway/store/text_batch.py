@@ -31,7 +31,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.domain.billing import billing_period, text_segments
+from gateway.domain.billing import billing_period
 from gateway.domain.index import Index
 from gateway.domain.routing import route
 from gateway.store import Conn, texts
@@ -110,9 +110,7 @@ class TextBatcher:
                 text=text,
                 account_id=number.account_id,
                 number_id=number.id,
-                segments=text.segments
-                if text.segments and 0 < text.segments <= 100
-                else text_segments(text.body),
+                segments=texts.segments_of(text),
                 handler=recipients[0] if recipients else None,  # R9: the first recipient is charged, once
                 status="received" if recipients else "undelivered_no_target",  # R6: stored, never lost
                 recipients=recipients,

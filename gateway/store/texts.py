@@ -51,6 +51,11 @@ class UnknownNumber(Exception):
     """The text was sent to a number this gateway does not own."""
 
 
+def segments_of(text: InboundText) -> int:
+    """R9: the provider's segment count when it sends a plausible one, else ours."""
+    return text.segments if text.segments and 0 < text.segments <= 100 else text_segments(text.body)
+
+
 async def accept(conn: Conn, index: Index, text: InboundText) -> Accepted:
     """Store ``text`` with everything it causes, atomically; return only after
     commit. One statement (one round trip, one commit) unless the number hunts
@@ -59,7 +64,7 @@ async def accept(conn: Conn, index: Index, text: InboundText) -> Accepted:
     number = index.number(text.to_e164)
     if number is None:
         raise UnknownNumber(text.to_e164)
-    segments = text.segments if text.segments and 0 < text.segments <= 100 else text_segments(text.body)
+    segments = segments_of(text)
     decision = route(index, number, text.from_e164)
     if decision.strategy == "round_robin" and len(decision.targets) > 1:
         return await _accept_round_robin(conn, index, text, number, segments)
