@@ -74,6 +74,7 @@ class TextsSettings:
 
     batch_max: int = 256
     max_pending: int = 2000
+    writers: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,12 +286,17 @@ def _validate(s: Settings) -> None:
         "index.reconnect_max_backoff_s": s.index.reconnect_max_backoff_s,
         "limits.failures_per_s": s.limits.failures_per_s,
         "limits.failure_burst": s.limits.failure_burst,
+        "texts.batch_max": s.texts.batch_max,
+        "texts.max_pending": s.texts.max_pending,
+        "texts.writers": s.texts.writers,
     }
     for key, number in positive.items():
         if number <= 0:
             raise ConfigError(key, f"must be greater than 0, got {number}")
     if s.database.pool_min_size > s.database.pool_max_size:
         raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
+    if s.texts.writers >= s.database.pool_max_size:
+        raise ConfigError("texts.writers", "must leave database.pool_max_size connections for the API")
     if s.shutdown.grace_period_s < 0:
         raise ConfigError("shutdown.grace_period_s", "must be 0 or more")
     try:

@@ -97,6 +97,7 @@ class Gateway:
             pool,
             max_batch=self.settings.texts.batch_max,
             max_pending=self.settings.texts.max_pending,
+            writers=self.settings.texts.writers,
             on_batch=self.metrics.observe_text_batch,
         )
         texts = self.texts

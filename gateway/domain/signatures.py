@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidSignature
@@ -55,6 +56,7 @@ def twilio_valid(
     # As bytes: compare_digest refuses non-ASCII str, and a header is whatever
     # a stranger sent (a 500 there was issue 12's item 3).
     given = signature.encode("utf-8", "surrogateescape")
+    # any() stops at the first match: a genuine webhook costs one HMAC.
     return any(
         hmac.compare_digest(twilio_signature(auth_token, candidate, params, algorithm).encode(), given)
         for candidate in _with_and_without_port(url)
@@ -78,11 +80,12 @@ def telnyx_valid(public_key_b64: str, timestamp: str, body: bytes, signature_b64
     return True
 
 
-def _with_and_without_port(url: str) -> list[str]:
+@lru_cache(maxsize=256)  # one public base URL, a handful of webhook paths
+def _with_and_without_port(url: str) -> tuple[str, str]:
     """As the SDK: the URL with any port removed, and with the default port added
     when it has none."""
     parts = urlsplit(url)
     without = urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0])) if parts.port else url
     default = 443 if parts.scheme == "https" else 80
     with_port = url if parts.port else urlunsplit(parts._replace(netloc=f"{parts.netloc}:{default}"))
-    return [without, with_port]
+    return without, with_port

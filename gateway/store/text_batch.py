@@ -23,6 +23,7 @@ the provider's budget.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -71,16 +72,18 @@ class TextBatcher:
         *,
         max_batch: int = 256,
         max_pending: int = 4096,
+        writers: int = 2,
         acquire_timeout_s: float = 1.5,
         on_batch: BatchObserver | None = None,
     ) -> None:
         self._pool = pool
         self._max_batch = max_batch
         self._max_pending = max_pending
+        self._max_writers = writers
         self._acquire_timeout_s = acquire_timeout_s
         self._on_batch = on_batch
         self._pending: dict[tuple[str, str], _Row] = {}
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -120,40 +123,61 @@ class TextBatcher:
             self._pending[key] = row
         waiter: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         row.waiters.append(waiter)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_all())
+        if len(self._writers) < self._max_writers:
+            self._writers.add(asyncio.get_running_loop().create_task(self._write_all()))
         return await waiter
 
     async def _write_all(self) -> None:
+        """One writer: holds a connection while texts wait (no acquire and
+        reset per batch), writes them a batch at a time, lets it go when idle.
+        Several run at once (``writers``), so one batch's commit overlaps the
+        next one's statement; their inserts take message keys in one order,
+        so they never deadlock."""
         try:
-            while self._pending:
-                keys = list(self._pending)[: self._max_batch]
-                batch = [self._pending.pop(key) for key in keys]
-                started = time.perf_counter()
-                await self._write(batch)
-                if self._on_batch is not None:
-                    self._on_batch(len(batch), time.perf_counter() - started)
+            await self._write_while_waiting()
         finally:
-            self._writer = None
+            # Here, not in a done callback (which runs a loop turn later and
+            # would let a text arrive, see every writer busy, and wait alone).
+            task = asyncio.current_task()
+            if task is not None:
+                self._writers.discard(task)
 
-    async def _write(self, batch: list[_Row]) -> None:
+    async def _write_while_waiting(self) -> None:
+        batch = self._take()
+        while batch:
+            try:
+                async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
+                    while batch:
+                        started = time.perf_counter()
+                        await self._write(conn, batch)
+                        if self._on_batch is not None:
+                            self._on_batch(len(batch), time.perf_counter() - started)
+                        batch = self._take()
+            except Exception as exc:  # the database is away (or worse): nobody was stored
+                for row in batch:
+                    _fail(row, exc)
+                batch = self._take()
+            except BaseException:  # cancelled (shutdown): nobody may wait for ever
+                for row in batch:
+                    _fail(row, ConnectionError("the gateway is stopping"))
+                raise
+            # Texts that came while the connection went back to the pool.
+            batch = batch or self._take()
+
+    def _take(self) -> list[_Row]:
+        keys = list(itertools.islice(self._pending, self._max_batch))
+        return [self._pending.pop(key) for key in keys]
+
+    async def _write(self, conn: Conn, batch: list[_Row]) -> None:
+        """Write ``batch`` and answer its waiters; raises when the database
+        is away (the caller fails the batch)."""
         try:
-            async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
-                try:
-                    ids = {row["ord"]: row["id"] for row in await conn.fetch(_BATCH, *_columns(batch))}
-                except DATA_REFUSED:
-                    await self._one_by_one(conn, batch)
-                    return
-                missing = [row for i, row in enumerate(batch) if i not in ids]
-                existing = await _existing(conn, missing) if missing else {}
-        except Exception as exc:  # the database is away (or worse): nobody was stored
-            for row in batch:
-                _fail(row, exc)
+            ids = {row["ord"]: row["id"] for row in await conn.fetch(_BATCH, *_columns(batch))}
+        except DATA_REFUSED:
+            await self._one_by_one(conn, batch)
             return
-        except BaseException:  # cancelled (shutdown): nobody may wait for ever
-            for row in batch:
-                _fail(row, ConnectionError("the gateway is stopping"))
-            raise
+        missing = [row for i, row in enumerate(batch) if i not in ids]
+        existing = await _existing(conn, missing) if missing else {}
         for i, row in enumerate(batch):
             if i in ids:
                 first = Accepted(ids[i], duplicate=False, recipients=row.recipients, reason=row.reason)
@@ -252,7 +276,7 @@ WITH input AS (
                           body, media, segments, user_id, status, created_at)
     SELECT account_id, number_id, 'inbound', provider, pmid, from_e164, to_e164, body, media::jsonb, segments,
            handler, status, received_at
-      FROM input ORDER BY ord
+      FROM input ORDER BY provider, pmid
     ON CONFLICT (provider, provider_message_id) DO NOTHING
     RETURNING id, provider, provider_message_id, from_e164, to_e164, body, media, number_id, created_at
 ), claimed AS (
