@@ -32,6 +32,7 @@ from gateway.store.index_keeper import IndexKeeper
 from gateway.store.migrations import migrate
 from gateway.store.outbox import Outbox
 from gateway.store.sip_store import PgSipStore
+from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import TextBatcher
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ class Gateway:
             event_hub=self.event_hub,
             outbox=self.recorder,
             texts=self.texts,
+            statuses=StatusBatcher(
+                pool, max_batch=self.settings.texts.batch_max, max_pending=self.settings.texts.max_pending
+            ),
             limiter=FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
             trusted_proxies=self.settings.http.trusted_proxies,
         )
@@ -131,7 +135,7 @@ class Gateway:
         self.sip = SipService(
             self.settings.sip,
             lambda: keeper.index,
-            PgSipStore(pool, lambda: keeper.index),
+            PgSipStore(pool, lambda: keeper.index, self.texts),
             SipMetrics(self.metrics.registry, self.slots, self.settings.sip.per_number_metrics),
             self.slots,
             self.recorder,

@@ -227,3 +227,53 @@ async def test_sigterm_drains_calls_and_refuses_new_ones(db_dsn: str, tmp_path: 
             await conn.close()
     finally:
         await gw.close()
+
+
+async def test_database_stopped_mid_batch_acknowledges_only_what_is_stored(
+    private_cluster: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Issue 13: texts are in flight, in batches, when Postgres goes away (fast
+    shutdown cuts the open transactions). Each request is either acknowledged
+    (stored, or durable in the outbox and stored on replay) or answered 503
+    for redelivery: after the restart, every 200 has its one message and its
+    one usage row."""
+    gw = GatewayProcess(env_for(private_cluster.dsn, tmp_path / "outbox"), tmp_path)
+    await gw.start()
+    try:
+        await seed(private_cluster.dsn, free_port(PHONE_IP))
+        await asyncio.sleep(0.5)
+        answers: dict[str, int] = {}
+        stop = asyncio.Event()
+
+        async def sender(worker: int) -> None:
+            n = 0
+            while not stop.is_set():
+                sid = factories.twilio_sid(f"SMcut{worker}x{n}")
+                answers[sid] = await text(gw.http_port, sid)
+                n += 1
+
+        senders = [asyncio.create_task(sender(w)) for w in range(24)]
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_cluster.stop_server)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*senders)
+        assert (await gw.ready())["outbox_backlog"] > 0  # the cut came while texts were arriving
+        await asyncio.to_thread(private_cluster.start_server)
+        await gw.settled()
+        acknowledged = [sid for sid, status in answers.items() if status == 200]
+        assert set(answers.values()) <= {200, 503}, answers
+        assert len(acknowledged) > 50  # texts flowed before and during the cut
+        conn = await asyncpg.connect(private_cluster.dsn)
+        try:
+            stored = await conn.fetch(
+                "SELECT m.provider_message_id, count(u.id) AS charged FROM messages m"
+                " LEFT JOIN usage_ledger u ON u.message_id = m.id GROUP BY m.id"
+            )
+        finally:
+            await conn.close()
+        charged = {row["provider_message_id"]: row["charged"] for row in stored}
+        assert [sid for sid in acknowledged if sid not in charged] == []  # never 200 without a row
+        assert {charged[sid] for sid in acknowledged} == {1}  # and charged once
+    finally:
+        await gw.close()

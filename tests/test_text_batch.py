@@ -5,15 +5,35 @@ fails its batch-mates, and overload is a quick 503, never a lost text."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import random
+import time
 from datetime import UTC, datetime
 
+import aiohttp
 import asyncpg
+from multidict import MultiDict
+from twilio.request_validator import RequestValidator
 
+from gateway.config import TextsSettings
 from gateway.server import Gateway
+from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 from gateway.store.texts import Accepted, InboundText
-from tests.test_texts_inbound import NUMBER, gw, setup, twilio_params, twilio_post
+from tests import factories
+from tests.test_texts_inbound import (
+    NUMBER,
+    PUBLIC,
+    TOKEN,
+    gw,
+    setup,
+    telnyx_event,
+    telnyx_post,
+    text_settings,
+    twilio_params,
+    twilio_post,
+)
 
 __all__ = ["gw"]
 
@@ -107,3 +127,87 @@ async def test_redeliveries_in_one_batch_are_duplicates_of_one_message(
     assert sum(not r.duplicate for r in results) == 1  # again-1, once
     assert len({r.message_id for r in results}) == 2
     assert await conn.fetchval("SELECT count(*) FROM usage_ledger") == 2
+
+
+async def test_a_refused_text_is_its_own_400_and_its_batch_mates_are_stored(
+    gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Over HTTP: twenty texts arrive together with one whose body Postgres
+    refuses (a lone surrogate, which JSON allows and UTF-8 does not)."""
+    await setup(conn, gw)
+    bad = telnyx_event("tx-refused")
+    bad["data"]["payload"]["text"] = "hello \ud800"
+    events: list[dict | bytes] = [telnyx_event(f"tx-mate-{n}") for n in range(20)]
+    events.insert(9, json.dumps(bad).encode())
+    answers = await asyncio.gather(*(telnyx_post(gw, event) for event in events))
+    assert answers[9][0] == 400 and "cannot be stored" in answers[9][1]["detail"]
+    assert [status for i, (status, _) in enumerate(answers) if i != 9] == [200] * 20
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 20
+    assert gw.recorder is not None and gw.recorder.backlog() == 0  # refused, not queued
+
+
+async def test_overload_over_http_is_a_quick_503_and_every_200_is_stored(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    s = text_settings(db_dsn)
+    gateway = Gateway(dataclasses.replace(s, texts=TextsSettings(batch_max=4, max_pending=4, writers=1)))
+    await gateway.start()
+    try:
+        await setup(conn, gateway)
+        path = "/v1/webhooks/twilio/messages"
+        validator = RequestValidator(TOKEN)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
+
+            async def post(n: int) -> tuple[str, int, str | None, float]:
+                params = twilio_params(f"flood-{n}", sender=f"+1555730{n:04d}")
+                started = time.perf_counter()
+                async with session.post(
+                    f"http://127.0.0.1:{gateway.http_port}{path}",
+                    data=params,
+                    headers={
+                        "X-Twilio-Signature": validator.compute_signature(PUBLIC + path, MultiDict(params))
+                    },
+                ) as r:
+                    await r.read()
+                    return params[0][1], r.status, r.headers.get("Retry-After"), time.perf_counter() - started
+
+            answers = await asyncio.gather(*(post(n) for n in range(300)))
+    finally:
+        await gateway.stop()
+    refused = [a for a in answers if a[1] == 503]
+    accepted = {sid for sid, status, _, _ in answers if status == 200}
+    assert refused and accepted and len(refused) + len(accepted) == 300
+    assert {retry for _, _, retry, _ in refused} == {"1"}
+    assert max(seconds for *_, seconds in refused) < 2.0  # inside Telnyx's budget, not after it
+    stored = {
+        row["provider_message_id"] for row in await conn.fetch("SELECT provider_message_id FROM messages")
+    }
+    assert accepted == stored
+
+
+async def test_status_callbacks_in_one_batch_fold_forward(gw: Gateway, conn: asyncpg.Connection) -> None:
+    """Item 4: sent, delivered and a late sent for the same message, arriving
+    together, leave it delivered, with the error code the last one carried."""
+    acct, _, _ = await setup(conn, gw)
+    number_id = await conn.fetchval("SELECT id FROM numbers WHERE e164 = $1", NUMBER)
+    sids = [factories.twilio_sid(f"out-{n}") for n in range(40)]
+    await conn.executemany(
+        "INSERT INTO messages (account_id, number_id, direction, provider, provider_message_id, from_e164,"
+        " to_e164, body, segments, sent_by, status) VALUES ($1, $2, 'outbound', 'twilio', $3, $4,"
+        " '+15557000001', 'hi', 1, $5, 'sending')",
+        [(acct.id, number_id, sid, NUMBER, acct.agent_id) for sid in sids],
+    )
+    assert gw.pool is not None
+    batcher = StatusBatcher(gw.pool)
+    updates = [(sid, status) for sid in sids for status in ("sent", "delivered", "sent")]
+    random.Random(4).shuffle(updates)
+    changed = await asyncio.gather(
+        *(
+            batcher.update("twilio", sid, status, "30003" if status == "delivered" else None)
+            for sid, status in updates
+        ),
+        batcher.update("twilio", "SMnobody", "delivered", None),
+    )
+    assert changed[-1] is False  # no such outbound message
+    rows = await conn.fetch("SELECT status, error_code FROM messages WHERE direction = 'outbound'")
+    assert {(r["status"], r["error_code"]) for r in rows} == {("delivered", "30003")}

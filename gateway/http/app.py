@@ -20,6 +20,7 @@ from gateway.providers import Providers
 from gateway.store import purchases
 from gateway.store.events import EventHub
 from gateway.store.outbox import Outbox
+from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import TextBatcher
 
 # Imported for their @API.op registrations.
@@ -42,6 +43,7 @@ def build_app(
     event_hub: EventHub,
     outbox: Outbox,
     texts: TextBatcher,
+    statuses: StatusBatcher,
     limiter: FailureLimiter,
     trusted_proxies: str = "",
 ) -> web.Application:
@@ -72,6 +74,7 @@ def build_app(
     app[events_api.OPEN_STREAMS] = {}
     app[webhooks.OUTBOX] = outbox
     app[webhooks.TEXTS] = texts
+    app[webhooks.STATUSES] = statuses
     app[LIMITER] = limiter
     app[TRUSTED_PROXIES] = tuple(trunk_networks(trusted_proxies))
     app[MAX_BODY] = max_body_bytes

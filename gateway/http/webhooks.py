@@ -21,7 +21,6 @@ from aiohttp import web
 from gateway.domain.index import Index
 from gateway.domain.phone import to_e164
 from gateway.domain.signatures import telnyx_valid, twilio_algorithm, twilio_valid
-from gateway.http.auth import POOL
 from gateway.http.ops import METRICS
 from gateway.http.problems import problem
 from gateway.http.responses import not_found
@@ -29,8 +28,8 @@ from gateway.http.routes import API
 from gateway.http.validation import field_error
 from gateway.providers import map_status
 from gateway.store import texts
-from gateway.store.outbound import update_status
 from gateway.store.outbox import Outbox
+from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ PUBLIC_BASE_URL: web.AppKey[str] = web.AppKey("public_base_url", str)
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 TEXTS: web.AppKey[TextBatcher] = web.AppKey("texts")
+STATUSES: web.AppKey[StatusBatcher] = web.AppKey("statuses")
 _DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 # Twilio signs names and values run together, so a captured webhook can be
 # re-cut at a field boundary and still verify (issue 12, item 8). What Twilio
@@ -232,8 +232,11 @@ async def _status_update(
     request: web.Request, provider: str, message_id: str, status: str, error: str | None
 ) -> web.Response:
     try:
-        async with request.app[POOL].acquire() as conn:
-            changed = await update_status(conn, provider, message_id, status, error)
+        changed = await request.app[STATUSES].update(provider, message_id, status, error)
+    except Overloaded:
+        refused = problem(503, "Service Unavailable", "too many status callbacks waiting; redeliver it")
+        refused.headers["Retry-After"] = "1"
+        return refused
     except _DB_DOWN:
         return _redeliver("status not stored; redeliver it")
     return web.json_response({"updated": changed})

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision, lead_rules
-from gateway.providers import STATUS_RANK, SendFailed, Sent
+from gateway.providers import SendFailed, Sent
 from gateway.store import Conn
 from gateway.store.crm import InboundEvent, record_timeline, record_usage
 
@@ -126,22 +126,3 @@ async def record_outcome(
             message_id,
             (failure.code or failure.detail)[:200],
         )
-
-
-async def update_status(
-    conn: Conn, provider: str, provider_message_id: str, status: str, error: str | None
-) -> bool:
-    """A delivery status callback: move the outbound message forward, never back
-    (events arrive out of order). True if a message changed. One statement."""
-    ranks = [name for name, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
-    result = await conn.execute(
-        "UPDATE messages SET status = $3, error_code = COALESCE($4, error_code), updated_at = now()"
-        " WHERE provider = $1 AND provider_message_id = $2 AND direction = 'outbound'"
-        " AND status = ANY($5::text[])",
-        provider,
-        provider_message_id,
-        status,
-        error,
-        ranks,
-    )
-    return result != "UPDATE 0"

@@ -14,14 +14,16 @@ from gateway.sip.ports import SipUser, StoreRejected, StoreUnavailable
 from gateway.store import texts
 from gateway.store.crm import decide
 from gateway.store.index_queries import fetch_account_numbers
+from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 
 ACQUIRE_TIMEOUT_S = 1.5
 
 
 class PgSipStore:
-    def __init__(self, pool: asyncpg.Pool, index: Callable[[], Index]) -> None:
+    def __init__(self, pool: asyncpg.Pool, index: Callable[[], Index], batcher: TextBatcher) -> None:
         self._pool = pool
         self._index = index
+        self._texts = batcher
 
     async def rotate(self, number: Number, caller: str | None) -> Decision:
         """One round trip: claim the number's round-robin turn (R4)."""
@@ -46,11 +48,11 @@ class PgSipStore:
             return await fetch_account_numbers(conn, account_id)
 
     async def accept_text(self, text: texts.InboundText) -> texts.Accepted:
-        """One statement and commit (see :func:`gateway.store.texts.accept`)."""
+        """A share of one batched statement and commit, with the webhooks'
+        texts (see :class:`gateway.store.text_batch.TextBatcher`)."""
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                return await texts.accept(conn, self._index(), text)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            return await self._texts.accept(self._index(), text)
+        except DATA_REFUSED as exc:
             raise StoreRejected(str(exc)) from exc  # a data error is not an outage
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (Overloaded, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(str(exc)) from exc

@@ -1,32 +1,23 @@
-"""Group commit for inbound texts (issue 13).
-
-Every text waiting for storage joins the next batch; a batch is one statement
-(arrays through ``unnest``) and one commit, after which each waiting request
-gets its own answer. Batching is natural, not timed: while one batch is being
-written the next one fills, so an idle gateway writes its first text at once
-and a busy one writes as many as arrived during the last commit (up to
-``max_batch``).
+"""Group commit for inbound texts (issue 13): Twilio, Telnyx and SIP MESSAGE
+texts that wait for storage are written together (see
+:mod:`gateway.store.group_commit`), one statement (arrays through ``unnest``)
+and one commit per batch.
 
 The claim stays atomic per message: the statement inserts each message with
 ``ON CONFLICT (provider, provider_message_id) DO NOTHING`` and every side
 effect (live events, R1-R3 timeline, R9 usage) reads from what was inserted,
 so a redelivery, in the same batch or racing another, writes nothing twice.
+Inserts take message keys in (provider, id) order, so two batches racing on
+redeliveries never deadlock.
 
 A value Postgres refuses fails the statement; the batch is then written again
-text by text, so only the bad text gets its error. A database that is away
-fails every text of the batch with the connection's error, for the caller to
-queue in the outbox or answer 503. When more texts wait than ``max_pending``
-the newcomer is refused at once (:class:`Overloaded`) instead of waiting past
-the provider's budget.
+text by text, so only the bad text gets its error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +27,13 @@ from gateway.domain.billing import billing_period
 from gateway.domain.index import Index
 from gateway.domain.routing import route
 from gateway.store import Conn, texts
+from gateway.store.group_commit import BatchObserver, GroupCommit, Overloaded, answer, fail
 from gateway.store.texts import Accepted, InboundText, UnknownNumber
+
+__all__ = ["DATA_REFUSED", "Overloaded", "TextBatcher"]
 
 # Postgres refusing a value (class 22/23): that text's fault, not its batch-mates'.
 DATA_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-
-
-class Overloaded(Exception):
-    """More texts are waiting than can be written within the provider's budget."""
 
 
 @dataclass(slots=True)
@@ -57,13 +47,10 @@ class _Row:
     recipients: tuple[int, ...]
     reason: str
     leads: tuple[int, ...]
-    waiters: list[asyncio.Future[Accepted]] = field(default_factory=list)
+    waiters: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
-BatchObserver = Callable[[int, float], None]  # (texts in the batch, seconds to commit)
-
-
-class TextBatcher:
+class TextBatcher(GroupCommit[tuple[str, str], _Row]):
     """Writes inbound texts in batches through ``pool`` (see the module doc)."""
 
     def __init__(
@@ -76,19 +63,14 @@ class TextBatcher:
         acquire_timeout_s: float = 1.5,
         on_batch: BatchObserver | None = None,
     ) -> None:
-        self._pool = pool
-        self._max_batch = max_batch
-        self._max_pending = max_pending
-        self._max_writers = writers
-        self._acquire_timeout_s = acquire_timeout_s
-        self._on_batch = on_batch
-        self._pending: dict[tuple[str, str], _Row] = {}
-        self._writers: set[asyncio.Task[None]] = set()
-
-    @property
-    def depth(self) -> int:
-        """Texts waiting for the next batch (not counting the one being written)."""
-        return len(self._pending)
+        super().__init__(
+            pool,
+            max_batch=max_batch,
+            max_pending=max_pending,
+            writers=writers,
+            acquire_timeout_s=acquire_timeout_s,
+            on_batch=on_batch,
+        )
 
     async def accept(self, index: Index, text: InboundText) -> Accepted:
         """Store ``text`` with everything it causes; return once committed.
@@ -103,13 +85,10 @@ class TextBatcher:
             # The shared turn needs its own transaction: not batched.
             async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
                 return await texts.accept(conn, index, text)
-        key = (text.provider, text.provider_message_id)
-        row = self._pending.get(key)
-        if row is None:
-            if len(self._pending) >= self._max_pending:
-                raise Overloaded(f"{len(self._pending)} texts already waiting")
+
+        def new_row() -> _Row:
             recipients = decision.text_recipients()
-            row = _Row(
+            return _Row(
                 text=text,
                 account_id=number.account_id,
                 number_id=number.id,
@@ -120,57 +99,12 @@ class TextBatcher:
                 reason=decision.reason,
                 leads=tuple(decision.timeline_leads),
             )
-            self._pending[key] = row
-        waiter: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        row.waiters.append(waiter)
-        if len(self._writers) < self._max_writers:
-            self._writers.add(asyncio.get_running_loop().create_task(self._write_all()))
-        return await waiter
 
-    async def _write_all(self) -> None:
-        """One writer: holds a connection while texts wait (no acquire and
-        reset per batch), writes them a batch at a time, lets it go when idle.
-        Several run at once (``writers``), so one batch's commit overlaps the
-        next one's statement; their inserts take message keys in one order,
-        so they never deadlock."""
-        try:
-            await self._write_while_waiting()
-        finally:
-            # Here, not in a done callback (which runs a loop turn later and
-            # would let a text arrive, see every writer busy, and wait alone).
-            task = asyncio.current_task()
-            if task is not None:
-                self._writers.discard(task)
-
-    async def _write_while_waiting(self) -> None:
-        batch = self._take()
-        while batch:
-            try:
-                async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
-                    while batch:
-                        started = time.perf_counter()
-                        await self._write(conn, batch)
-                        if self._on_batch is not None:
-                            self._on_batch(len(batch), time.perf_counter() - started)
-                        batch = self._take()
-            except Exception as exc:  # the database is away (or worse): nobody was stored
-                for row in batch:
-                    _fail(row, exc)
-                batch = self._take()
-            except BaseException:  # cancelled (shutdown): nobody may wait for ever
-                for row in batch:
-                    _fail(row, ConnectionError("the gateway is stopping"))
-                raise
-            # Texts that came while the connection went back to the pool.
-            batch = batch or self._take()
-
-    def _take(self) -> list[_Row]:
-        keys = list(itertools.islice(self._pending, self._max_batch))
-        return [self._pending.pop(key) for key in keys]
+        _, waiter = self._join((text.provider, text.provider_message_id), new_row)
+        accepted: Accepted = await waiter
+        return accepted
 
     async def _write(self, conn: Conn, batch: list[_Row]) -> None:
-        """Write ``batch`` and answer its waiters; raises when the database
-        is away (the caller fails the batch)."""
         try:
             ids = {row["ord"]: row["id"] for row in await conn.fetch(_BATCH, *_columns(batch))}
         except DATA_REFUSED:
@@ -180,11 +114,11 @@ class TextBatcher:
         existing = await _existing(conn, missing) if missing else {}
         for i, row in enumerate(batch):
             if i in ids:
-                first = Accepted(ids[i], duplicate=False, recipients=row.recipients, reason=row.reason)
-                _answer(row, first)
+                _stored(row, Accepted(ids[i], duplicate=False, recipients=row.recipients, reason=row.reason))
             else:
-                key = (row.text.provider, row.text.provider_message_id)
-                _answer(row, Accepted(existing[key], duplicate=True))
+                _stored(
+                    row, Accepted(existing[(row.text.provider, row.text.provider_message_id)], duplicate=True)
+                )
 
     async def _one_by_one(self, conn: Conn, batch: list[_Row]) -> None:
         """A refused value failed the batch: write each text alone, so only
@@ -202,23 +136,14 @@ class TextBatcher:
                         found[(row.text.provider, row.text.provider_message_id)], duplicate=True
                     )
             except DATA_REFUSED as exc:
-                _fail(row, exc)
+                fail(row, exc)
             else:
-                _answer(row, accepted)
+                _stored(row, accepted)
 
 
-def _answer(row: _Row, accepted: Accepted) -> None:
-    """The first waiter gets the answer; later ones (redeliveries that joined
-    the same batch) are duplicates of it."""
-    for n, waiter in enumerate(row.waiters):
-        if not waiter.done():
-            waiter.set_result(accepted if n == 0 else Accepted(accepted.message_id, duplicate=True))
-
-
-def _fail(row: _Row, exc: BaseException) -> None:
-    for waiter in row.waiters:
-        if not waiter.done():
-            waiter.set_exception(exc)
+def _stored(row: _Row, accepted: Accepted) -> None:
+    """Redeliveries that joined the same batch are duplicates of the first."""
+    answer(row, accepted, Accepted(accepted.message_id, duplicate=True))
 
 
 async def _existing(conn: Conn, rows: list[_Row]) -> dict[tuple[str, str], int]:
