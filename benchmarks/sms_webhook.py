@@ -1,25 +1,31 @@
-"""Signed Twilio webhooks into the gateway, beside a bare aiohttp handler, in the
-same run (issue 5).
+"""Signed Twilio and Telnyx webhooks into the gateway, beside a bare aiohttp
+handler, in the same run (issues 5 and 13).
 
 The gateway (a real ``gateway serve`` process on its own Postgres cluster, with
 default durability) verifies each signature, routes the text (R1-R6) and
 commits message, timeline and usage before answering. The reference is a bare
-aiohttp + uvloop process whose handler only parses the form. Both get the same
-pre-signed requests (distinct MessageSids, so no redelivery shortcut):
+aiohttp + uvloop process whose handler only parses the body (form or JSON).
+Both get the same kind of pre-signed requests (distinct message ids, so no
+redelivery shortcut):
 
 * throughput: ``wrk`` (closed loop, 2 threads, 32 connections) for
-  ``--seconds``, messages/s;
-* latency: an open-loop client at ``--rate`` messages/s (default 1,000) for
-  ``--seconds``, p50/p99 in ms.
+  ``--seconds``, texts/s, Twilio and Telnyx;
+* latency: an open-loop client (benchmarks/open_loop.py) at ``--rate`` texts/s
+  (default 1,000) for ``--seconds``, p50/p99 in ms;
+* overload: the same client at 2x and 4x the gateway's measured Twilio
+  capacity for ``--overload-seconds``: p99 of the 200s, and the 503s
+  (Retry-After, redeliver) counted apart.
 
 Installs wrk when it is missing. Ends with the DESIGN §4 ``result:`` line
-(metric: the gateway's messages/s; reference: the bare handler's).
+(metric: the gateway's Twilio texts/s; reference: the bare handler's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import re
 import shutil
 import subprocess
@@ -29,47 +35,56 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-import aiohttp
 import asyncpg
 import uvloop
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import open_loop
 from benchmarks.common import percentile, result_line
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
 from tests.factories import twilio_sid
 from tests.gateway_process import GatewayProcess
 
-TOKEN, PUBLIC, PATH = (
-    "0123456789abcdef0123456789abcdef",
-    "https://gw.example.com",
-    "/v1/webhooks/twilio/messages",
-)
+TOKEN, PUBLIC = "0123456789abcdef0123456789abcdef", "https://gw.example.com"
+PATH, TELNYX_PATH = "/v1/webhooks/twilio/messages", "/v1/webhooks/telnyx/messages"
+TELNYX_KEY = Ed25519PrivateKey.generate()
+TELNYX_PUBLIC = base64.b64encode(
+    TELNYX_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+).decode()
 NUMBER = "+15550180000"
+# Each line of the requests file: header name, value, [name, value, ...], body; tab-separated.
 LUA = """
 local requests = {}
 local i = 0
 init = function(args)
   for line in io.lines(args[1]) do
-    local sig, body = line:match("([^\\t]*)\\t(.*)")
-    requests[#requests + 1] = {sig = sig, body = body}
+    local fields = {}
+    for field in (line .. "\t"):gmatch("([^\t]*)\t") do fields[#fields + 1] = field end
+    local headers = {}
+    for k = 1, #fields - 1, 2 do headers[fields[k]] = fields[k + 1] end
+    requests[#requests + 1] = {headers = headers, body = fields[#fields]}
   end
   i = math.random(#requests)
 end
 request = function()
   i = i % #requests + 1
   local r = requests[i]
-  return wrk.format("POST", nil, {["Content-Type"] = "application/x-www-form-urlencoded",
-                                  ["X-Twilio-Signature"] = r.sig}, r.body)
+  return wrk.format("POST", nil, r.headers, r.body)
 end
 """
 
+Signed = tuple[list[tuple[str, str]], str]  # (headers, body)
 
-def signed(prefix: str, count: int) -> list[tuple[str, str]]:
+
+def signed(prefix: str, count: int) -> list[Signed]:
+    """Twilio form webhooks, signed as Twilio's SDK signs them."""
     validator = RequestValidator(TOKEN)
     out = []
     for i in range(count):
@@ -80,8 +95,63 @@ def signed(prefix: str, count: int) -> list[tuple[str, str]]:
             ("Body", "Is the house on Elm Street still for sale?"),
             ("NumMedia", "0"),
         ]
-        out.append((validator.compute_signature(PUBLIC + PATH, MultiDict(params)), urlencode(params)))
+        signature = validator.compute_signature(PUBLIC + PATH, MultiDict(params))
+        headers = [("Content-Type", "application/x-www-form-urlencoded"), ("X-Twilio-Signature", signature)]
+        out.append((headers, urlencode(params)))
     return out
+
+
+def signed_telnyx(prefix: str, count: int) -> list[Signed]:
+    """Telnyx message.received events, Ed25519-signed over timestamp|body."""
+    stamp = str(int(time.time()))
+    out = []
+    for i in range(count):
+        body = json.dumps(
+            {
+                "data": {
+                    "event_type": "message.received",
+                    "id": f"ev-{prefix}{i}",
+                    "payload": {
+                        "id": f"{prefix}{i}",
+                        "from": {"phone_number": f"+1555019{i % 1000:04d}"},
+                        "to": [{"phone_number": NUMBER}],
+                        "text": "Is the house on Elm Street still for sale?",
+                        "media": [],
+                        "parts": 1,
+                    },
+                }
+            }
+        )
+        signature = base64.b64encode(TELNYX_KEY.sign(stamp.encode() + b"|" + body.encode())).decode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("telnyx-signature-ed25519", signature),
+            ("telnyx-timestamp", stamp),
+        ]
+        out.append((headers, body))
+    return out
+
+
+def raw_http(path: str, requests: list[Signed]) -> list[bytes]:
+    """Complete HTTP/1.1 requests for the open-loop client."""
+    out = []
+    for headers, body in requests:
+        data = body.encode()
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        out.append(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+    return out
+
+
+def write_for_wrk(path: Path, requests: list[Signed]) -> Path:
+    path.write_text(
+        "".join(
+            "\t".join([*(f for pair in headers for f in pair), body]) + "\n" for headers, body in requests
+        )
+    )
+    return path
 
 
 async def seed(dsn: str) -> None:
@@ -122,18 +192,23 @@ async def seed(dsn: str) -> None:
 
 
 def bare_server(port: int) -> None:
-    """The reference: parse the form, answer empty TwiML."""
+    """The reference: parse the body, answer as the gateway does."""
 
-    async def handle(request: web.Request) -> web.Response:
+    async def twilio(request: web.Request) -> web.Response:
         await request.post()
         return web.Response(text="<Response/>", content_type="text/xml")
 
+    async def telnyx(request: web.Request) -> web.Response:
+        await request.json()
+        return web.json_response({"ok": True})
+
     app = web.Application()
-    app.router.add_post(PATH, handle)
+    app.router.add_post(PATH, twilio)
+    app.router.add_post(TELNYX_PATH, telnyx)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=uvloop.new_event_loop())
 
 
-def run_wrk(port: int, requests: Path, seconds: float) -> float:
+def run_wrk(port: int, path: str, requests: Path, seconds: float) -> float:
     script = requests.with_suffix(".lua")
     script.write_text(LUA)
     out = subprocess.run(
@@ -144,7 +219,7 @@ def run_wrk(port: int, requests: Path, seconds: float) -> float:
             f"-d{int(seconds)}s",
             "-s",
             str(script),
-            f"http://127.0.0.1:{port}{PATH}",
+            f"http://127.0.0.1:{port}{path}",
             "--",
             str(requests),
         ],
@@ -160,32 +235,13 @@ def run_wrk(port: int, requests: Path, seconds: float) -> float:
     return float(found.group(1))
 
 
-async def open_loop(port: int, requests: list[tuple[str, str]], rate: float, seconds: float) -> list[float]:
-    """Send at ``rate``/s whatever the answers' speed; latencies in ms."""
-    latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as s:
-
-        async def one(sig: str, body: str) -> None:
-            started = time.perf_counter()
-            async with s.post(
-                f"http://127.0.0.1:{port}{PATH}",
-                data=body,
-                headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": sig},
-            ) as r:
-                await r.read()
-                if r.status == 200:
-                    latencies.append((time.perf_counter() - started) * 1000)
-
-        tasks = []
-        start = time.perf_counter()
-        for i, (sig, body) in enumerate(requests[: int(rate * seconds)]):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(sig, body)))
-        await asyncio.gather(*tasks)
-    return latencies
+def summary(outcome: open_loop.Outcome) -> str:
+    others = {status: n for status, n in sorted(outcome.statuses.items()) if status not in (200, 503)}
+    return (
+        f"offered {outcome.sent_per_s:,.0f}/s: p50 {percentile(outcome.latencies_ms, 0.5):.1f} ms"
+        f" p99 {percentile(outcome.latencies_ms, 0.99):.1f} ms over {outcome.statuses[200]:,} 200s;"
+        f" {outcome.statuses[503]:,} 503s" + (f"; other {others}" if others else "")
+    )
 
 
 async def main() -> None:
@@ -194,6 +250,7 @@ async def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--overload-seconds", type=float, default=4.0)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
@@ -208,6 +265,7 @@ async def main() -> None:
             {
                 "GATEWAY_DATABASE_URL": dsn,
                 "GATEWAY_TWILIO_AUTH_TOKEN": TOKEN,
+                "GATEWAY_TELNYX_PUBLIC_KEY": TELNYX_PUBLIC,
                 "GATEWAY_HTTP_PUBLIC_BASE_URL": PUBLIC,
                 "GATEWAY_SIP_PORT": "0",
                 "GATEWAY_OUTBOX_DIR": str(work / "outbox"),
@@ -219,18 +277,46 @@ async def main() -> None:
             await gw.start()
             await asyncio.sleep(1)
             count = int(max(args.rate * args.seconds, 60_000))
-            print(f"signing {2 * count:,} requests...", flush=True)
-            for_wrk = {name: work / f"{name}.tsv" for name in ("gateway", "bare")}
-            for name, path in for_wrk.items():
-                path.write_text("".join(f"{sig}\t{body}\n" for sig, body in signed(f"SMw{name}", count)))
-            bare_rps = run_wrk(bare_port, for_wrk["bare"], args.seconds)
-            ours_rps = run_wrk(gw.http_port, for_wrk["gateway"], args.seconds)
-            print(f"throughput: gateway {ours_rps:,.0f}/s, bare aiohttp {bare_rps:,.0f}/s", flush=True)
-            paced = signed("SMp", int(args.rate * args.seconds))
-            bare_lat = await open_loop(bare_port, paced, args.rate, args.seconds)
-            ours_lat = await open_loop(
-                gw.http_port, signed("SMq", int(args.rate * args.seconds)), args.rate, args.seconds
+            print(f"signing {4 * count:,} requests...", flush=True)
+            wrk_files = {
+                name: write_for_wrk(work / f"{name}.tsv", sign(f"wrk{name}", count))
+                for name, sign in (
+                    ("gw_twilio", signed),
+                    ("bare_twilio", signed),
+                    ("gw_telnyx", signed_telnyx),
+                    ("bare_telnyx", signed_telnyx),
+                )
+            }
+            bare_rps = run_wrk(bare_port, PATH, wrk_files["bare_twilio"], args.seconds)
+            ours_rps = run_wrk(gw.http_port, PATH, wrk_files["gw_twilio"], args.seconds)
+            print(f"Twilio throughput: gateway {ours_rps:,.0f}/s, bare aiohttp {bare_rps:,.0f}/s", flush=True)
+            bare_telnyx = run_wrk(bare_port, TELNYX_PATH, wrk_files["bare_telnyx"], args.seconds)
+            ours_telnyx = run_wrk(gw.http_port, TELNYX_PATH, wrk_files["gw_telnyx"], args.seconds)
+            print(
+                f"Telnyx throughput: gateway {ours_telnyx:,.0f}/s, bare aiohttp {bare_telnyx:,.0f}/s"
+                f" (ratio {ours_telnyx / bare_telnyx:.2f})",
+                flush=True,
             )
+            paced = int(args.rate * args.seconds)
+            bare_lat = await open_loop.run(
+                bare_port, raw_http(PATH, signed("SMp", paced)), args.rate, args.seconds
+            )
+            ours_lat = await open_loop.run(
+                gw.http_port, raw_http(PATH, signed("SMq", paced)), args.rate, args.seconds
+            )
+            print(f"Twilio at {args.rate:,.0f}/s: gateway {summary(ours_lat)}", flush=True)
+            print(f"Twilio at {args.rate:,.0f}/s: bare {summary(bare_lat)}", flush=True)
+            telnyx_lat = await open_loop.run(
+                gw.http_port, raw_http(TELNYX_PATH, signed_telnyx("tq", paced)), args.rate, args.seconds
+            )
+            print(f"Telnyx at {args.rate:,.0f}/s: gateway {summary(telnyx_lat)}", flush=True)
+            overload = {}
+            for times in (2, 4):
+                rate = times * ours_rps
+                load = raw_http(PATH, signed(f"SMo{times}x", int(rate * args.overload_seconds)))
+                await asyncio.sleep(2)  # let the previous run's tail drain
+                overload[times] = await open_loop.run(gw.http_port, load, rate, args.overload_seconds)
+                print(f"Twilio at {times}x capacity: gateway {summary(overload[times])}", flush=True)
             conn = await asyncpg.connect(dsn)
             stored = await conn.fetchval("SELECT count(*) FROM messages")
             await conn.close()
@@ -238,22 +324,24 @@ async def main() -> None:
             bare.terminate()
             await gw.close()
             await asyncio.to_thread(cluster.stop)
-    print(
-        f"latency at {args.rate:.0f}/s: gateway p50 {percentile(ours_lat, 0.5):.1f} ms p99 "
-        f"{percentile(ours_lat, 0.99):.1f} ms ({len(ours_lat)} ok); bare p50 {percentile(bare_lat, 0.5):.1f} "
-        f"ms p99 {percentile(bare_lat, 0.99):.1f} ms; {stored:,} messages stored",
-        flush=True,
-    )
+    acknowledged = sum(o.statuses[200] for o in (ours_lat, telnyx_lat, *overload.values()))
+    print(f"{stored:,} messages stored (>= {acknowledged:,} acknowledged by the open-loop runs)", flush=True)
     print(
         result_line(
             "sms_webhook",
             ours_rps,
             bare_rps,
-            p50_ms=percentile(ours_lat, 0.5),
-            p99_ms=percentile(ours_lat, 0.99),
-            bare_p50_ms=percentile(bare_lat, 0.5),
-            bare_p99_ms=percentile(bare_lat, 0.99),
+            p50_ms=percentile(ours_lat.latencies_ms, 0.5),
+            p99_ms=percentile(ours_lat.latencies_ms, 0.99),
+            bare_p50_ms=percentile(bare_lat.latencies_ms, 0.5),
+            bare_p99_ms=percentile(bare_lat.latencies_ms, 0.99),
             rate=int(args.rate),
+            telnyx_ratio=ours_telnyx / bare_telnyx,
+            telnyx_p99_ms=percentile(telnyx_lat.latencies_ms, 0.99),
+            p99_2x_ms=percentile(overload[2].latencies_ms, 0.99),
+            refused_2x=overload[2].statuses[503],
+            p99_4x_ms=percentile(overload[4].latencies_ms, 0.99),
+            refused_4x=overload[4].statuses[503],
         ),
         flush=True,
     )
