@@ -7,7 +7,9 @@ import argparse
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of ``values`` by nearest rank."""
+    """The q-quantile (0..1) of ``values`` by nearest rank (NaN for none)."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import cast
 
 
 @dataclass
@@ -34,8 +35,8 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport = cast(asyncio.Transport, transport)
 
     def send(self, request: bytes) -> asyncio.Future[int]:
         assert self._transport is not None

@@ -315,7 +315,11 @@ async def main() -> None:
                 rate = times * ours_rps
                 load = raw_http(PATH, signed(f"SMo{times}x", int(rate * args.overload_seconds)))
                 await asyncio.sleep(2)  # let the previous run's tail drain
-                overload[times] = await open_loop.run(gw.http_port, load, rate, args.overload_seconds)
+                # As many connections as a carrier-scale aggregator opens: enough that
+                # the queue forms in the gateway, where max_pending can see it.
+                overload[times] = await open_loop.run(
+                    gw.http_port, load, rate, args.overload_seconds, connections=4096
+                )
                 print(f"Twilio at {times}x capacity: gateway {summary(overload[times])}", flush=True)
             conn = await asyncpg.connect(dsn)
             stored = await conn.fetchval("SELECT count(*) FROM messages")

@@ -75,6 +75,7 @@ class TextsSettings:
     batch_max: int = 256
     max_pending: int = 2000
     writers: int = 2
+    shed_at_loop_lag_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +290,7 @@ def _validate(s: Settings) -> None:
         "texts.batch_max": s.texts.batch_max,
         "texts.max_pending": s.texts.max_pending,
         "texts.writers": s.texts.writers,
+        "texts.shed_at_loop_lag_s": s.texts.shed_at_loop_lag_s,
     }
     for key, number in positive.items():
         if number <= 0:

@@ -82,6 +82,9 @@ class Metrics:
         self.text_queue_depth = Gauge(
             "gateway_text_queue_depth", "Inbound texts waiting for the next batch", registry=r
         )
+        self.loop_lag = Gauge(
+            "gateway_event_loop_lag_seconds", "How late the event loop runs a 20 ms timer", registry=r
+        )
         self.webhooks_rejected = Counter(
             "gateway_webhooks_rejected",
             "Webhook requests refused before reading them (bad signature, not configured)",
@@ -99,6 +102,9 @@ class Metrics:
 
     def watch_text_queue(self, depth: Callable[[], float]) -> None:
         self.text_queue_depth.set_function(depth)
+
+    def watch_loop_lag(self, lag: Callable[[], float]) -> None:
+        self.loop_lag.set_function(lag)
 
     def watch_index_age(self, age: Callable[[], float]) -> None:
         self.index_age.set_function(age)

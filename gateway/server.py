@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.domain.call_slots import CallSlots
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.http.app import build_app
+from gateway.http.load_shed import LoopLag
 from gateway.metrics import Metrics
 from gateway.providers import Providers
 from gateway.sip.metrics import SipMetrics
@@ -56,6 +57,7 @@ class Gateway:
         self.slots = CallSlots()
         self.recorder: Outbox | None = None
         self.sip: SipService | None = None
+        self.loop_lag: LoopLag | None = None
 
     async def start(self) -> None:
         db = self.settings.database
@@ -103,6 +105,10 @@ class Gateway:
         )
         texts = self.texts
         self.metrics.watch_text_queue(lambda: texts.depth)
+        self.loop_lag = LoopLag(self.settings.texts.shed_at_loop_lag_s)
+        self.loop_lag.start()
+        lag = self.loop_lag
+        self.metrics.watch_loop_lag(lambda: lag.lag_s)
         app = build_app(
             self.metrics,
             self.readiness,
@@ -118,6 +124,7 @@ class Gateway:
             event_hub=self.event_hub,
             outbox=self.recorder,
             texts=self.texts,
+            loop_lag=self.loop_lag,
             statuses=StatusBatcher(
                 pool, max_batch=self.settings.texts.batch_max, max_pending=self.settings.texts.max_pending
             ),
@@ -160,6 +167,9 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, then drains within grace
             self._runner = None
+        if self.loop_lag is not None:
+            await self.loop_lag.stop()
+            self.loop_lag = None
         await self.providers.close()
         if self.keeper is not None:
             await self.keeper.stop()

@@ -17,6 +17,7 @@ from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
 from gateway.config import TextsSettings
+from gateway.http.load_shed import LoopLag
 from gateway.server import Gateway
 from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
@@ -211,3 +212,34 @@ async def test_status_callbacks_in_one_batch_fold_forward(gw: Gateway, conn: asy
     assert changed[-1] is False  # no such outbound message
     rows = await conn.fetch("SELECT status, error_code FROM messages WHERE direction = 'outbound'")
     assert {(r["status"], r["error_code"]) for r in rows} == {("delivered", "30003")}
+
+
+async def test_the_loop_lag_sees_a_blocked_loop() -> None:
+    lag = LoopLag(shed_at_s=0.1, interval_s=0.01)
+    lag.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert not lag.overloaded
+        time.sleep(0.25)  # the loop is busy: every timer fires late
+        await asyncio.sleep(0.005)
+        assert lag.lag_s > 0.1 and lag.overloaded
+        await asyncio.sleep(0.05)
+        assert not lag.overloaded  # and it recovers as soon as the loop does
+    finally:
+        await lag.stop()
+
+
+async def test_while_the_loop_is_behind_webhooks_get_503_before_they_are_read(
+    gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    await setup(conn, gw)
+    assert gw.loop_lag is not None
+    threshold, gw.loop_lag.shed_at_s = gw.loop_lag.shed_at_s, -1.0  # as if far behind
+    try:
+        status, body = await twilio_post(gw, twilio_params("shed-1"))
+        telnyx_status, _ = await telnyx_post(gw, telnyx_event("tx-shed-1"))
+    finally:
+        gw.loop_lag.shed_at_s = threshold
+    assert status == 503 and "redeliver" in body and telnyx_status == 503
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+    assert (await twilio_post(gw, twilio_params("shed-1")))[0] == 200  # the redelivery is taken

@@ -13,6 +13,7 @@ from gateway.domain.rate_limit import FailureLimiter
 from gateway.http import admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks
 from gateway.http.auth import POOL, auth_middleware
 from gateway.http.limits import LIMITER, MAX_BODY, TRUSTED_PROXIES, limit_failures, refuse_oversized
+from gateway.http.load_shed import LoopLag
 from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
 from gateway.metrics import Metrics
@@ -44,6 +45,7 @@ def build_app(
     outbox: Outbox,
     texts: TextBatcher,
     statuses: StatusBatcher,
+    loop_lag: LoopLag,
     limiter: FailureLimiter,
     trusted_proxies: str = "",
 ) -> web.Application:
@@ -75,6 +77,7 @@ def build_app(
     app[webhooks.OUTBOX] = outbox
     app[webhooks.TEXTS] = texts
     app[webhooks.STATUSES] = statuses
+    app[webhooks.LOOP_LAG] = loop_lag
     app[LIMITER] = limiter
     app[TRUSTED_PROXIES] = tuple(trunk_networks(trusted_proxies))
     app[MAX_BODY] = max_body_bytes

@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.domain.index import Index
 from gateway.domain.phone import to_e164
 from gateway.domain.signatures import telnyx_valid, twilio_algorithm, twilio_valid
+from gateway.http.load_shed import LoopLag
 from gateway.http.ops import METRICS
 from gateway.http.problems import problem
 from gateway.http.responses import not_found
@@ -42,6 +43,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 TEXTS: web.AppKey[TextBatcher] = web.AppKey("texts")
 STATUSES: web.AppKey[StatusBatcher] = web.AppKey("statuses")
+LOOP_LAG: web.AppKey[LoopLag] = web.AppKey("loop_lag")
 _DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 # Twilio signs names and values run together, so a captured webhook can be
 # re-cut at a field boundary and still verify (issue 12, item 8). What Twilio
@@ -96,6 +98,17 @@ def _refuse(request: web.Request, provider: str, reason: str, status: int, detai
     request.app[METRICS].webhooks_rejected.labels(provider=provider, reason=reason).inc()
     log.warning("%s webhook refused from %s: %s", provider, request.remote, reason)
     return problem(status, "Forbidden" if status == 403 else "Service Unavailable", detail)
+
+
+def _shed(request: web.Request, provider: str) -> web.Response | None:
+    """503 before the body is read while the loop is too far behind (see
+    :mod:`gateway.http.load_shed`); None when the request may go on."""
+    if not request.app[LOOP_LAG].overloaded:
+        return None
+    request.app[METRICS].texts_received.labels(provider=provider, outcome="overloaded").inc()
+    refused = problem(503, "Service Unavailable", "the gateway is behind; redeliver it")
+    refused.headers["Retry-After"] = "1"
+    return refused
 
 
 def _redeliver(detail: str) -> web.Response:
@@ -217,6 +230,8 @@ def _twilio_sid(fields: dict[str, str]) -> str:
     consumes=("application/x-www-form-urlencoded",),
 )
 async def twilio_status(request: web.Request) -> web.Response:
+    if (shed := _shed(request, "twilio")) is not None:
+        return shed
     verified = await _twilio_form(request)
     if isinstance(verified, web.Response):
         return verified
@@ -252,6 +267,8 @@ async def _status_update(
     consumes=("application/x-www-form-urlencoded",),
 )
 async def twilio_messages(request: web.Request) -> web.Response:
+    if (shed := _shed(request, "twilio")) is not None:
+        return shed
     verified = await _twilio_form(request)
     if isinstance(verified, web.Response):
         return verified
@@ -289,6 +306,8 @@ async def twilio_messages(request: web.Request) -> web.Response:
     consumes=("application/json",),
 )
 async def telnyx_messages(request: web.Request) -> web.Response:
+    if (shed := _shed(request, "telnyx")) is not None:
+        return shed
     key = request.app[TELNYX_KEY]
     if not key:
         return _refuse(request, "telnyx", "not_configured", 503, "the Telnyx webhook is not configured")
