@@ -53,15 +53,17 @@ async def test_live_events_and_resume_after_reconnect(gw: Gateway, conn: asyncpg
             assert (await twilio_post(gw, twilio_params("SM-live", sender="+15557009999", body="first")))[
                 0
             ] == 200
-            (first,) = await read_events(stream, 1)
+            first, raised = await read_events(stream, 2)
             assert first["event"] == "text" and first["data"]["body"] == "first"
             assert first["data"]["from"] == "+15557009999" and first["data"]["to"] == NUMBER
+            # ... then the R8 notification the unknown texter raised (issue 15, item 2).
+            assert raised["event"] == "notification" and raised["data"]["caller_e164"] == "+15557009999"
         # Disconnected: this one is missed, and must arrive on reconnect.
         assert (await twilio_post(gw, twilio_params("SM-missed", sender="+15557009999", body="second")))[
             0
         ] == 200
-        async with session.get(url, headers={"Last-Event-ID": first["id"]}) as stream:
-            (missed,) = await read_events(stream, 1)
+        async with session.get(url, headers={"Last-Event-ID": raised["id"]}) as stream:
+            (missed,) = await read_events(stream, 1)  # the same texter: no second notification
             assert missed["data"]["body"] == "second" and int(missed["id"]) > int(first["id"])
             # Notifications (R8) come on the same stream.
             assert gw.keeper is not None
@@ -81,5 +83,6 @@ async def test_live_events_and_resume_after_reconnect(gw: Gateway, conn: asyncpg
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {key2}"}) as session,
         session.get(url) as s,
     ):
-        bodies = [e["data"]["body"] for e in await read_events(s, 2)]
-        assert bodies == ["first", "second"]
+        events = await read_events(s, 3)
+        assert [e["event"] for e in events] == ["text", "notification", "text"]
+        assert [e["data"].get("body") for e in events] == ["first", None, "second"]

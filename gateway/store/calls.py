@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 from gateway.domain.billing import billable_minutes
 from gateway.domain.index import Number
+from gateway.domain.notifications import call_raises_r8
 from gateway.domain.routing import Decision
 from gateway.store import Conn
 from gateway.store.crm import InboundEvent, raise_unknown_caller_notifications, record_timeline, record_usage
 
 log = logging.getLogger(__name__)
-NOTIFY_ON = frozenset(("no_answer", "canceled"))  # R8: the unknown caller rang and nobody answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ async def _write_call(conn: Conn, rec: CallRecord) -> int | None:
     )
     if rec.decision is not None:
         await record_timeline(conn, event, rec.decision)
-        if rec.direction == "inbound" and rec.disposition in NOTIFY_ON and rec.caller.startswith("+"):
+        if rec.direction == "inbound" and call_raises_r8(rec.decision, rec.caller, rec.disposition):
             await raise_unknown_caller_notifications(conn, event, rec.decision)
     if answered and rec.answered_by is not None and rec.answered_at is not None:
         await record_usage(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from gateway.domain.billing import billing_period, over_quota, quota_allows
 from gateway.domain.index import Index, Number
+from gateway.domain.notifications import r8_recipients
 from gateway.domain.routing import Channel, Decision, rotate, route
 from gateway.store import Conn
 
@@ -74,16 +75,18 @@ async def record_timeline(conn: Conn, event: InboundEvent, decision: Decision) -
 async def raise_unknown_caller_notifications(
     conn: Conn, event: InboundEvent, decision: Decision
 ) -> list[int]:
-    """R8: an unknown caller was not answered; notify each routed user, carrying
-    the number's source and tag as they are now. Returns the new notification ids
-    (none for a known caller, or when already raised). One round trip."""
-    if not decision.unknown_caller or not decision.targets:
-        return []
+    """R8: an unknown caller was not answered; notify the users
+    :func:`r8_recipients` names (the routed users, else the account's owners
+    and admins), carrying the number's source and tag as they are now. Returns
+    the new notification ids (none when already raised). One round trip."""
+    recipients = r8_recipients(decision)
     rows = await conn.fetch(
-        "WITH raised AS (INSERT INTO notifications (account_id, user_id, number_id, channel, event_key,"
+        "WITH recipient AS (SELECT u FROM unnest($10::bigint[]) AS u"
+        " UNION SELECT id FROM users WHERE $11 AND account_id = $1 AND role IN ('owner', 'admin')),"
+        " raised AS (INSERT INTO notifications (account_id, user_id, number_id, channel, event_key,"
         " caller_e164, source, tag, call_record_id, message_id)"
-        " SELECT $1, u, $2, $3, $4, $5, $6, $7, $8, $9 FROM unnest($10::bigint[]) AS u"
-        " ON CONFLICT (event_key, user_id) DO NOTHING"
+        " SELECT $1, u, $2, $3, $4, $5, $6, $7, $8, $9 FROM recipient"
+        " ON CONFLICT DO NOTHING"
         " RETURNING id, user_id, number_id, channel, caller_e164, source, tag, created_at),"
         # Announced on each user's real-time stream, in the same transaction.
         " announced AS (INSERT INTO user_events (account_id, user_id, kind, payload)"
@@ -98,7 +101,8 @@ async def raise_unknown_caller_notifications(
         event.number.tag,
         event.call_record_id,
         event.message_id,
-        list(decision.targets),
+        list(recipients or ()),
+        recipients is None,
     )
     return [row["id"] for row in rows]
 

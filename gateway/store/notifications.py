@@ -73,6 +73,7 @@ async def act(
         else:
             assert lead_id is not None
             outcome = await _associate(conn, note, lead_id)
+        await _add_to_timeline(conn, note, outcome.lead_id)
         await conn.execute(
             "UPDATE notifications SET state = 'closed', closed_at = now(), closed_by = $3,"
             " action = $4, lead_id = $5"
@@ -119,6 +120,40 @@ async def _associate(conn: Conn, note: Any, lead_id: int) -> Outcome:
     # The lead's one source stays; the number's source joins its tags.
     await _add_phone_and_tags(conn, note, lead_id, [note["source"], note["tag"]])
     return Outcome(lead_id, created=False)
+
+
+async def _add_to_timeline(conn: Conn, note: Any, lead_id: int) -> None:
+    """Issue 15, item 3: the missed call or the text that raised the
+    notification opens the lead's history, under the same idempotency key the
+    call or text writer uses (``<event key>:lead:<lead id>``), so nothing is
+    recorded twice. One statement."""
+    if note["call_record_id"] is not None:
+        await conn.execute(
+            "INSERT INTO timeline_events (account_id, lead_id, number_id, channel, direction, agent_id,"
+            " reason, disposition, duration_s, call_record_id, occurred_at, ended_at, idempotency_key)"
+            " SELECT c.account_id, $3::bigint, c.number_id, 'call', c.direction, c.answered_by,"
+            " 'unknown_caller', CASE WHEN c.answered_at IS NULL THEN 'missed' ELSE 'answered' END,"
+            " extract(epoch FROM c.ended_at - c.answered_at)::int, c.id, c.invited_at, c.ended_at,"
+            " 'call:' || c.direction || ':' || c.sip_call_id || ':lead:' || $3::bigint"
+            " FROM call_records c WHERE c.account_id = $1 AND c.id = $2"
+            " ON CONFLICT (idempotency_key) DO NOTHING",
+            note["account_id"],
+            note["call_record_id"],
+            lead_id,
+        )
+    elif note["message_id"] is not None:
+        await conn.execute(
+            "INSERT INTO timeline_events (account_id, lead_id, number_id, channel, direction, agent_id,"
+            " reason, message_id, occurred_at, idempotency_key)"
+            " SELECT m.account_id, $3::bigint, m.number_id, 'text', m.direction, m.user_id,"
+            " 'unknown_caller', m.id, m.created_at,"
+            " 'text:' || m.provider || ':' || m.provider_message_id || ':lead:' || $3::bigint"
+            " FROM messages m WHERE m.account_id = $1 AND m.id = $2"
+            " ON CONFLICT (idempotency_key) DO NOTHING",
+            note["account_id"],
+            note["message_id"],
+            lead_id,
+        )
 
 
 async def _add_phone_and_tags(conn: Conn, note: Any, lead_id: int, tags: list[str | None]) -> None:
