@@ -115,6 +115,16 @@ def test_r10_auto_text_sender(user: User, numbers: list[Number], expected: Numbe
     assert chosen.number == expected and why in chosen.why
 
 
+@given(st.permutations(ALL), st.sets(st.sampled_from([3, 9, 11])))
+def test_r10_auto_text_and_r11_company_caller_id_pick_the_same_company_number(
+    numbers: list[Number], offices: set[int]
+) -> None:
+    """Issue 15, item 4: one order for both rules, whatever the listing order."""
+    user = usr(package="standard", offices=frozenset(offices))
+    texted = choose_text_sender(user, [n for n in numbers if n.kind != "personal"], "auto").number
+    assert choose_caller_id(user, numbers, "company").number == texted
+
+
 def test_r10_anything_else_is_a_clear_error() -> None:
     assert choose_text_sender(usr(package="none"), ALL, "auto").why == "the user has no call/text package"
     nothing = choose_text_sender(usr(package="standard"), [SOMEONE_ELSES, OTHER_OFFICE, FOREIGN], "auto")
@@ -123,7 +133,11 @@ def test_r10_anything_else_is_a_clear_error() -> None:
 
 def test_r11_caller_id_choices() -> None:
     """'(a) Company Number (b) Personal Number (requires upgrade) (c) Bridge Number'."""
-    assert choose_caller_id(usr(), ALL, "company").number == COMPANY
+    # The caller's group's company number first, as R10's auto texts (issue 15, item 4).
+    assert choose_caller_id(usr(), ALL, "company").number == COMPANY_OF_MY_OFFICE
+    assert choose_caller_id(usr(offices=frozenset()), ALL, "company").number == COMPANY
+    assert choose_caller_id(usr(offices=frozenset({9})), ALL, "company").number == COMPANY_OF_OTHER_OFFICE
+    assert choose_caller_id(usr(), [PERSONAL], "company").why == "the user has no company number to call from"
     assert choose_caller_id(usr(), ALL, "personal").number == PERSONAL
     assert choose_caller_id(usr(package="standard"), ALL, "personal").why == (
         "a personal number requires the upgraded package"

@@ -18,6 +18,7 @@ from tests.test_sip_calls import sip_target
 
 pytestmark = pytest.mark.timeout(120)
 COMPANY, PERSONAL, BRIDGE, OFFICE = "+15550150001", "+15550150002", "+15550150003", "+15550150004"
+GROUP_COMPANY = "+15550150005"
 LEAD_PHONE = "+15557770001"
 
 
@@ -44,9 +45,24 @@ async def test_each_caller_id_choice_reaches_the_trunk(
     lead = await factories.lead(conn, acct.id, acct.owner_id, LEAD_PHONE)
     await credentials(conn, acct.owner_id, "owner1", "s3cret-owner")
     assert sip_gw.keeper is not None
-    await sip_gw.keeper.wait_until(lambda index: index.user(acct.owner_id) is not None)
+    # The caller's group has a company number of its own, bought later (higher id):
+    # "company" means that one, as R10's auto texts do (issue 15, item 4).
+    await factories.number(conn, acct.id, GROUP_COMPANY, office_id=acct.office_id)
+    await conn.execute(
+        "INSERT INTO user_offices (account_id, user_id, office_id) VALUES ($1, $2, $3)",
+        acct.id,
+        acct.owner_id,
+        acct.office_id,
+    )
+    await sip_gw.keeper.wait_until(
+        lambda index: (
+            index.user(acct.owner_id) is not None
+            and acct.office_id in index.user(acct.owner_id).office_ids  # type: ignore[union-attr]
+            and index.number(GROUP_COMPANY) is not None
+        )
+    )
 
-    choices = [("company", COMPANY), ("personal", PERSONAL), ("bridge", BRIDGE), (COMPANY, COMPANY)]
+    choices = [("company", GROUP_COMPANY), ("personal", PERSONAL), ("bridge", BRIDGE), (COMPANY, COMPANY)]
     trunk = await start_sipp(
         "trunk",
         "uas_agent.xml",

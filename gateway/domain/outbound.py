@@ -78,16 +78,26 @@ def choose_text_sender(
     for number in candidates:
         if number.kind == "personal" and may_send_from(user, number) is None:
             return Sender(number, "the user's personal number")
-    companies = [n for n in candidates if n.kind == "company" and may_send_from(user, n) is None]
-    companies.sort(key=lambda n: (n.office_id not in user.office_ids, n.id))
-    if companies:
-        why = (
-            "their office's company number"
-            if companies[0].office_id in user.office_ids
-            else "a company number"
-        )
-        return Sender(companies[0], why)
+    company = _company_number(user, candidates)
+    if company is not None:
+        return company
     return Sender(None, "no number this user may send from: no Sender ID, personal or company number")
+
+
+def company_numbers(user: User, numbers: Iterable[Number]) -> list[Number]:
+    """R10/R11: the company numbers ``user`` may use, in the order both rules
+    pick from: their offices' (groups') company numbers first, then by id."""
+    companies = [n for n in numbers if n.kind == "company" and may_send_from(user, n) is None]
+    companies.sort(key=lambda n: (n.office_id not in user.office_ids, n.id))
+    return companies
+
+
+def _company_number(user: User, numbers: Iterable[Number]) -> Sender | None:
+    companies = company_numbers(user, numbers)
+    if not companies:
+        return None
+    mine = companies[0].office_id in user.office_ids
+    return Sender(companies[0], "their office's company number" if mine else "a company number")
 
 
 CallerIdChoice = Literal["company", "personal", "bridge"]
@@ -107,7 +117,10 @@ def choose_caller_id(
             return Sender(None, "the account has no bridge number")
         problem = may_send_from(user, bridge)
         return Sender(bridge, "the bridge number") if problem is None else Sender(None, problem)
-    if choice in ("company", "personal"):
+    if choice == "company":  # the same order as R10's auto texts (issue 15, item 4)
+        company = _company_number(user, candidates)
+        return company or Sender(None, "the user has no company number to call from")
+    if choice == "personal":
         for number in allowed_senders(user, candidates):
             if number.kind == choice:
                 return Sender(number, f"the user's {choice} number")
