@@ -247,3 +247,69 @@ async def test_another_accounts_numbers_are_404_for_every_operation(
         )
         == 3
     )
+
+
+async def test_office_numbers_are_managed_within_their_office(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Issue 15, item 5: "managed by the Office Owner/Admin": the account owner,
+    or an admin who belongs to that office; the route rings only its users."""
+    acct, numbers, apis = await world(gateway, conn)  # the agent is in the office; the admin is not
+    path = f"/v1/numbers/{numbers['office']}"
+    status, body = await apis["admin"].call("PATCH", path, json={"tag": "x"})
+    assert status == 403 and "admin of that office" in body["detail"]
+    assert (await apis["admin"].call("PATCH", f"/v1/numbers/{numbers['company']}", json={"tag": "x"}))[
+        0
+    ] == 200
+    office_admin = await factories.user(conn, acct.id, role="admin")
+    await conn.execute(
+        "INSERT INTO user_offices (account_id, user_id, office_id) VALUES ($1, $2, $3)",
+        acct.id,
+        office_admin,
+        acct.office_id,
+    )
+    inside = Api(gateway, await create_key(conn, acct.id, office_admin))
+    change = {"unknown_route": "ring_all", "route_user_ids": [acct.agent_id, office_admin]}
+    status, body = await inside.call("PATCH", path, json=change)
+    assert status == 200 and body["route_user_ids"] == [acct.agent_id, office_admin], body
+    status, body = await apis["owner"].call("PATCH", path, json={"route_user_ids": [acct.owner_id]})
+    assert status == 422 and body["errors"][0]["field"] == "route_user_ids"  # the owner is not in the office
+    assert "only users of its office" in body["errors"][0]["message"]
+
+
+async def test_a_purchase_routes_unknown_callers_and_the_list_flags_what_cannot(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Issue 15, item 7: defaults at purchase, and unknown_caller_problem."""
+    from gateway.store.purchases import add_to_inventory
+
+    acct, _, apis = await world(gateway, conn)
+    await conn.execute("UPDATE accounts SET plan = 'enterprise' WHERE id = $1", acct.id)
+    await add_to_inventory(conn, ["+15550131000", "+15550131001", "+15550131002"], "twilio")
+    status, company = await apis["owner"].call("POST", "/v1/numbers/purchase", json={"kind": "company"})
+    assert status == 201, company
+    assert (company["unknown_route"], company["route_user_ids"], company["source"], company["tag"]) == (
+        "user",
+        [acct.owner_id],
+        "Company Number",
+        company["e164"],
+    )
+    # The owner has a package but no phone yet: flagged, not silently dead.
+    assert "call_destination" in company["unknown_caller_problem"]
+    order = {"kind": "office", "office_id": acct.office_id, "source": "Yard sign", "tag": "uptown"}
+    status, office = await apis["owner"].call("POST", "/v1/numbers/purchase", json=order)
+    assert status == 201, office
+    assert (office["unknown_route"], office["route_user_ids"], office["source"], office["tag"]) == (
+        "ring_all",
+        [acct.agent_id],  # the office's users
+        "Yard sign",
+        "uptown",
+    )
+    stray = {"kind": "company", "route_user_ids": [acct.agent_id, acct.owner_id]}
+    status, body = await apis["owner"].call("POST", "/v1/numbers/purchase", json=stray)
+    assert status == 422 and body["errors"][0]["field"] == "route_user_ids"  # 'user' rings one
+    await conn.execute("UPDATE users SET call_destination = 'sip:a@127.0.0.1' WHERE id = $1", acct.owner_id)
+    status, listing = await apis["owner"].call("GET", "/v1/numbers")
+    problems = {n["e164"]: n["unknown_caller_problem"] for n in listing["numbers"]}
+    assert problems[company["e164"]] is None
+    assert problems[office["e164"]] is not None  # the agent has no phone

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.domain.index import Number, Role
+from gateway.domain.index import Number, Role, User
 
 Plan = Literal["standard", "enterprise"]
 
@@ -20,6 +20,71 @@ NUMBER_MONTHLY_CENTS = 2700  # R13: "$27/month/company number"
 def may_edit_number_settings(role: Role) -> str | None:
     """R12: "The Company Number settings are managed by the Team Owner/Admin"."""
     return None if role in ("owner", "admin") else "only an owner or admin edits number settings"
+
+
+def may_edit_number(editor: User, number: Number) -> str | None:
+    """R12 and issue 15, item 5: an office number is "managed by the Office
+    Owner/Admin": the account owner, or an admin who belongs to that office.
+    An admin of another office (or of none) may not change it."""
+    refused = may_edit_number_settings(editor.role)
+    outsider = editor.role != "owner" and number.office_id not in editor.office_ids
+    if refused is None and number.kind == "office" and outsider:
+        return "an office number is managed by the account owner or an admin of that office"
+    return refused
+
+
+def office_route_problem(
+    number: Number, route_user_ids: Iterable[int], office_members: set[int]
+) -> str | None:
+    """Issue 15, item 5: an office number's unknown-caller route rings only
+    users of that office."""
+    if number.kind != "office":
+        return None
+    outsiders = [user for user in route_user_ids if user not in office_members]
+    if not outsiders:
+        return None
+    return f"an office number rings only users of its office; {outsiders} are not"
+
+
+def unknown_caller_problem(number: Number, users: dict[int, User]) -> str | None:
+    """Issue 15, item 7: why ``number`` cannot ring anyone for an unknown
+    caller (no route, nobody with a call/text package, nobody with a phone),
+    or None. R8 still notifies someone; this is what an admin should fix."""
+    route = (
+        (number.owner_user_id,)
+        if number.kind == "personal" and number.owner_user_id is not None
+        else number.route_user_ids
+    )
+    if not route:
+        return "no unknown-caller route: nobody is rung"
+    packaged = [users[u] for u in route if u in users and users[u].package != "none"]
+    if not packaged:
+        return "nobody on the unknown-caller route has a call/text package"
+    if not any(user.call_destination for user in packaged):
+        return "nobody on the unknown-caller route has a phone (call_destination)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownCallerSetup:
+    """What a number does with an unknown caller (R4) and the R8 source."""
+
+    unknown_route: str
+    route_user_ids: tuple[int, ...]
+    source: str
+
+
+def purchase_defaults(kind: str, buyer_id: int, office_members: Iterable[int]) -> UnknownCallerSetup:
+    """Issue 15, item 7: a number bought without its unknown-caller settings
+    still routes: a company number rings its buyer, an office number rings its
+    office's users at once, a personal number its owner (R5). The source names
+    the kind of number, as Chime's examples do ("Company Number")."""
+    source = f"{kind.capitalize()} Number"
+    if kind == "office":
+        return UnknownCallerSetup("ring_all", tuple(sorted(office_members)), source)
+    if kind == "company":
+        return UnknownCallerSetup("user", (buyer_id,), source)
+    return UnknownCallerSetup("user", (), source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,6 +137,14 @@ class NumberPurchase(Strict):
     )
     owner_user_id: Id | None = Field(None, description="personal: its owner (upgraded package)")
     description: str = Field("", max_length=200)
+    unknown_route: Literal["user", "ring_all", "round_robin", "sequential"] | None = Field(
+        None, description="R4; default: a company number rings its buyer, an office number its office"
+    )
+    route_user_ids: list[Id] | None = Field(None, max_length=50, description="default: see unknown_route")
+    source: str | None = Field(
+        None, min_length=1, max_length=200, description='R8; default "Company Number" etc.'
+    )
+    tag: str | None = Field(None, min_length=1, max_length=200, description="R8; default: the number itself")
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]

@@ -12,12 +12,17 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from gateway.domain.index import Number
+from gateway.domain.index import Number, User
 from gateway.domain.number_policy import (
     NUMBER_MONTHLY_CENTS,
+    UnknownCallerSetup,
     may_buy_number,
+    may_edit_number,
     may_edit_number_settings,
     may_use_for_text_codes,
+    office_route_problem,
+    purchase_defaults,
+    unknown_caller_problem,
 )
 from gateway.domain.outbound import choose_text_sender, may_send_from
 from gateway.http.auth import POOL, principal
@@ -28,16 +33,30 @@ from gateway.http.responses import forbidden, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
 from gateway.store import Conn, purchases, update_columns
-from gateway.store.index_queries import fetch_account_numbers, fetch_number, fetch_user
+from gateway.store.index_queries import (
+    fetch_account_numbers,
+    fetch_account_users,
+    fetch_number,
+    fetch_office_members,
+    fetch_user,
+)
 
 INVENTORY: web.AppKey[purchases.Inventory] = web.AppKey("inventory")
 
 
-def number_json(number: Number) -> dict[str, Any]:
+def number_json(number: Number, users: dict[int, User] | None = None) -> dict[str, Any]:
+    """A number as the API shows it; with the account's ``users``, also why
+    it cannot ring anyone for an unknown caller (issue 15, item 7), or null."""
     data = asdict(number)
     data["route_user_ids"] = list(number.route_user_ids)
     data["unknown_step_timeout_s"] = data.pop("step_timeout_s")
+    if users is not None:
+        data["unknown_caller_problem"] = unknown_caller_problem(number, users)
     return data
+
+
+async def _users(conn: Conn, account_id: int) -> dict[int, User]:
+    return {user.id: user for user in await fetch_account_users(conn, account_id)}
 
 
 async def _number_of_account(conn: Conn, account_id: int, number_id: int) -> Number | None:
@@ -47,11 +66,12 @@ async def _number_of_account(conn: Conn, account_id: int, number_id: int) -> Num
 
 @API.op("GET", "/v1/numbers", "The account's numbers and their settings")
 async def list_numbers(request: web.Request) -> web.Response:
-    """One round trip."""
+    """Two round trips: the numbers, and the users their routes name."""
     who = principal(request)
     async with request.app[POOL].acquire() as conn:
         numbers = await fetch_account_numbers(conn, who.account_id)
-    return web.json_response({"numbers": [number_json(n) for n in numbers]})
+        users = await _users(conn, who.account_id)
+    return web.json_response({"numbers": [number_json(n, users) for n in numbers]})
 
 
 @API.op("GET", "/v1/numbers/{number_id}", "One number", errors=(404,))
@@ -59,9 +79,10 @@ async def get_number(request: web.Request) -> web.Response:
     who, number_id = principal(request), path_id(request, "number_id")
     async with request.app[POOL].acquire() as conn:
         number = await _number_of_account(conn, who.account_id, number_id)
+        users = await _users(conn, who.account_id)
     if number is None:
         return not_found("number")
-    return web.json_response(number_json(number))
+    return web.json_response(number_json(number, users))
 
 
 @API.op(
@@ -86,6 +107,16 @@ async def patch_number(request: web.Request) -> web.Response:
         number = await _number_of_account(conn, who.account_id, number_id)
         if number is None:
             return not_found("number")
+        if number.kind == "office":  # "managed by the Office Owner/Admin" (issue 15, item 5)
+            editor = await fetch_user(conn, who.user_id)
+            refused = may_edit_number(editor, number) if editor is not None else "unknown user"
+            if refused:
+                return forbidden(refused)
+            if route_users is not None and number.office_id is not None:
+                members = await fetch_office_members(conn, who.account_id, number.office_id)
+                outside = office_route_problem(number, route_users, members)
+                if outside:
+                    raise field_error("route_user_ids", outside)
         route = changes.get("unknown_route", number.unknown_route)
         users = route_users if route_users is not None else list(number.route_user_ids)
         if route == "user" and len(users) > 1:
@@ -108,8 +139,9 @@ async def patch_number(request: web.Request) -> web.Response:
             except asyncpg.ForeignKeyViolationError:
                 raise field_error("route_user_ids", "names a user who is not in this account") from None
         updated = await fetch_number(conn, number_id)
+        account_users = await _users(conn, who.account_id)
     assert updated is not None
-    return web.json_response(number_json(updated))
+    return web.json_response(number_json(updated, account_users))
 
 
 @API.op(
@@ -226,6 +258,7 @@ async def purchase_number(request: web.Request) -> web.Response:
                 raise field_error("office_id", refused.reason)
             status, title = (403, "Forbidden") if refused.kind == "forbidden" else (409, "Conflict")
             return problem(status, title, refused.reason)
+        setup = await _purchase_setup(conn, who.account_id, who.user_id, order)
         try:
             bought = await purchases.buy(
                 conn,
@@ -235,24 +268,54 @@ async def purchase_number(request: web.Request) -> web.Response:
                 office_id=order.office_id,
                 owner_user_id=order.owner_user_id,
                 description=order.description,
+                setup=setup,
+                tag=order.tag,
             )
         except purchases.InventoryEmpty as empty:
             return problem(409, "Conflict", str(empty))
-        except asyncpg.ForeignKeyViolationError:
-            raise field_error("owner_user_id", "names no user of this account") from None
+        except asyncpg.ForeignKeyViolationError as exc:
+            field = "route_user_ids" if "route_targets" in str(exc) else "owner_user_id"
+            raise field_error(field, "names no user of this account") from None
         except asyncpg.CheckViolationError as exc:
             raise field_error("owner_user_id", str(exc)) from None
         except asyncpg.UniqueViolationError:  # a concurrent purchase won the office, or the owner has one
             return problem(409, "Conflict", "that office or user already has such a number")
         number = await fetch_number(conn, bought.number_id)
+        users = await _users(conn, who.account_id)
     assert number is not None
     return web.json_response(
         {
-            **number_json(number),
+            **number_json(number, users),
             "charge": {"id": bought.charge_id, "amount_cents": NUMBER_MONTHLY_CENTS, "period": "monthly"},
         },
         status=201,
     )
+
+
+async def _purchase_setup(
+    conn: Conn, account_id: int, buyer_id: int, order: NumberPurchase
+) -> UnknownCallerSetup:
+    """The order's unknown-caller settings, each defaulted when not given
+    (issue 15, item 7); an office number's route keeps to its office (item 5)."""
+    members = (
+        await fetch_office_members(conn, account_id, order.office_id)
+        if order.kind == "office" and order.office_id is not None
+        else set()
+    )
+    default = purchase_defaults(order.kind, buyer_id, members)
+    route_users = tuple(order.route_user_ids) if order.route_user_ids is not None else default.route_user_ids
+    if len(set(route_users)) != len(route_users):
+        raise field_error("route_user_ids", "lists a user twice")
+    unknown_route = order.unknown_route or default.unknown_route
+    if unknown_route == "user" and len(route_users) > 1:
+        raise field_error("route_user_ids", "the user route rings exactly one user")
+    if order.kind == "office" and order.route_user_ids is not None:
+        outside = [user for user in route_users if user not in members]
+        if outside:
+            raise field_error(
+                "route_user_ids", f"an office number rings only users of its office; {outside} are not"
+            )
+    return UnknownCallerSetup(unknown_route, route_users, order.source or default.source)
 
 
 @API.op(

@@ -122,6 +122,20 @@ async def fetch_user(conn: Conn, user_id: int) -> User | None:
     return None if row is None else user_from_row(row)
 
 
+async def fetch_account_users(conn: Conn, account_id: int) -> list[User]:
+    """Every user of one account, with their offices. One round trip."""
+    rows = await conn.fetch(_USERS + " WHERE u.account_id = $1 ORDER BY u.id", account_id)
+    return [user_from_row(row) for row in rows]
+
+
+async def fetch_office_members(conn: Conn, account_id: int, office_id: int) -> set[int]:
+    """The ids of one office's users. One indexed read."""
+    rows = await conn.fetch(
+        "SELECT user_id FROM user_offices WHERE account_id = $1 AND office_id = $2", account_id, office_id
+    )
+    return {row["user_id"] for row in rows}
+
+
 async def fetch_account_numbers(conn: Conn, account_id: int) -> list[Number]:
     """Every number of one account, with route targets. One round trip."""
     rows = await conn.fetch(_NUMBERS + " WHERE n.account_id = $1 ORDER BY n.id", account_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.domain.number_policy import NUMBER_MONTHLY_CENTS
+from gateway.domain.number_policy import NUMBER_MONTHLY_CENTS, UnknownCallerSetup
 from gateway.store import Conn
 
 
@@ -72,17 +72,22 @@ async def buy(
     office_id: int | None,
     owner_user_id: int | None,
     description: str,
+    setup: UnknownCallerSetup,
+    tag: str | None,
 ) -> Purchase:
-    """Claim a number, create it, start its 2700-cent monthly charge: one
-    transaction, so a failure leaves the number in inventory."""
+    """Claim a number, create it with its unknown-caller route, source and tag
+    (the tag defaults to the number itself), start its 2700-cent monthly
+    charge: one transaction, so a failure leaves the number in inventory.
+    Four round trips."""
     async with conn.transaction():
         claimed = await inventory.claim(conn)
         if claimed is None:
             raise InventoryEmpty("no numbers left in inventory")
         e164, provider = claimed
         number_id: int = await conn.fetchval(
-            "INSERT INTO numbers (account_id, e164, kind, office_id, owner_user_id, description, provider)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO numbers (account_id, e164, kind, office_id, owner_user_id, description, provider,"
+            " unknown_route, source, tag)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
             account_id,
             e164,
             kind,
@@ -90,6 +95,17 @@ async def buy(
             owner_user_id,
             description,
             provider,
+            setup.unknown_route,
+            setup.source,
+            tag or e164,
+        )
+        await conn.execute(
+            "INSERT INTO number_route_targets (account_id, number_id, position, user_id)"
+            " SELECT $1, $2, t.position - 1, t.user_id"
+            " FROM unnest($3::bigint[]) WITH ORDINALITY AS t(user_id, position)",
+            account_id,
+            number_id,
+            list(setup.route_user_ids),
         )
         charge_id: int = await conn.fetchval(
             "INSERT INTO charges (account_id, number_id, e164, amount_cents)"
