@@ -313,3 +313,51 @@ async def test_a_purchase_routes_unknown_callers_and_the_list_flags_what_cannot(
     problems = {n["e164"]: n["unknown_caller_problem"] for n in listing["numbers"]}
     assert problems[company["e164"]] is None
     assert problems[office["e164"]] is not None  # the agent has no phone
+
+
+async def test_titles_group_assignment_over_quota_mode_and_addons(
+    gateway: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Issue 15, item 6, over HTTP."""
+    acct, numbers, apis = await world(gateway, conn)
+    company = f"/v1/numbers/{numbers['company']}"
+    # The title is returned wherever the number is shown.
+    assert (await apis["owner"].call("PATCH", company, json={"description": "Yard signs"}))[1][
+        "description"
+    ] == ("Yard signs")
+    _, listing = await apis["agent"].call("GET", "/v1/numbers")
+    assert {n["id"]: n["description"] for n in listing["numbers"]}[numbers["company"]] == "Yard signs"
+    # A company number joins a group after purchase, one per group, and leaves it.
+    status, body = await apis["owner"].call("PATCH", company, json={"office_id": acct.office_id})
+    assert status == 200 and body["office_id"] == acct.office_id
+    other = await factories.number(conn, acct.id, "+15550120009")
+    status, body = await apis["owner"].call(
+        "PATCH", f"/v1/numbers/{other}", json={"office_id": acct.office_id}
+    )
+    assert status == 409 and "already has a company number" in body["detail"]
+    status, body = await apis["owner"].call("PATCH", f"/v1/numbers/{other}", json={"office_id": 999999})
+    assert status == 422 and body["errors"][0]["field"] == "office_id"
+    status, body = await apis["owner"].call(
+        "PATCH", f"/v1/numbers/{numbers['office']}", json={"office_id": None}
+    )
+    assert status == 422 and body["errors"][0]["field"] == "office_id"
+    assert (await apis["owner"].call("PATCH", company, json={"office_id": None}))[1]["office_id"] is None
+    # The over-quota mode: the owner's to set.
+    status, account = await apis["admin"].call("GET", "/v1/account")
+    assert status == 200 and account["over_quota"] == "record"
+    assert (await apis["admin"].call("PATCH", "/v1/account", json={"over_quota": "block"}))[0] == 403
+    status, account = await apis["owner"].call("PATCH", "/v1/account", json={"over_quota": "block"})
+    assert status == 200 and account["over_quota"] == "block"
+    status, body = await apis["owner"].call("PATCH", "/v1/account", json={"over_quota": "ignore"})
+    assert status == 422 and body["errors"][0]["field"] == "over_quota"
+    # Add-ons on top of the package, in the usage report.
+    change = {"included_segments": 1, "addon_segments": 2, "addon_minutes": 30}
+    assert (await apis["admin"].call("PATCH", f"/v1/users/{acct.agent_id}", json=change))[0] == 200
+    assert (await apis["agent"].call("PATCH", f"/v1/users/{acct.agent_id}", json={"addon_segments": 99}))[
+        0
+    ] == 403
+    status, usage = await apis["agent"].call("GET", f"/v1/users/{acct.agent_id}/usage?period=2026-11")
+    assert status == 200, usage
+    assert usage["addon"] == {"call_minutes": 30, "text_segments": 2}
+    assert usage["allowance"] == {"call_minutes": None, "text_segments": 3}  # no minutes package: unlimited
+    assert usage["over_quota_mode"] == "block"

@@ -243,3 +243,20 @@ async def test_while_the_loop_is_behind_webhooks_get_503_before_they_are_read(
     assert status == 503 and "redeliver" in body and telnyx_status == 503
     assert await conn.fetchval("SELECT count(*) FROM messages") == 0
     assert (await twilio_post(gw, twilio_params("shed-1")))[0] == 200  # the redelivery is taken
+
+
+async def test_added_on_segments_extend_the_allowance_when_texts_are_charged(
+    gw: Gateway, conn: asyncpg.Connection
+) -> None:
+    """Issue 15, item 6 (R9): 1 included + 2 added on = 3 segments before a
+    text is flagged over quota, in the batched write."""
+    acct, _, _ = await setup(conn, gw)  # the lead +15557000001 belongs to the owner (R1)
+    await conn.execute(
+        "UPDATE users SET included_segments = 1, addon_segments = 2 WHERE id = $1", acct.owner_id
+    )
+    for n in range(4):
+        assert (await twilio_post(gw, twilio_params(f"quota-{n}", body="hi")))[0] == 200
+    flags = await conn.fetch(
+        "SELECT over_quota FROM usage_ledger WHERE user_id = $1 ORDER BY id", acct.owner_id
+    )
+    assert [row["over_quota"] for row in flags] == [False, False, False, True]

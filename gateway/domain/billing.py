@@ -54,6 +54,13 @@ def billing_period(at: datetime) -> date:
     return date(utc.year, utc.month, 1)
 
 
+def allowance(included: int | None, addon: int) -> int | None:
+    """R9 with added-on packages (issue 15, item 6): the package's allowance
+    plus the user's add-ons; no allowance (None) stays unlimited. The SQL that
+    charges usage computes the same sum (``included + addon``, NULL-preserving)."""
+    return None if included is None else included + addon
+
+
 def over_quota(used: int, included: int | None, quantity: int) -> bool:
     """Does adding ``quantity`` to ``used`` exceed the package's allowance?
     No allowance set (None) is never exceeded."""

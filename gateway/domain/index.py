@@ -62,6 +62,7 @@ class Number:
     max_concurrent_calls: int
     provider: str
     bridge: bool = False  # R11: the account's bridge number for outbound caller ID
+    description: str = ""  # the title the account gave it, "so that you can reference it"
 
 
 @dataclass(frozen=True, slots=True)

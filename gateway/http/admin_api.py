@@ -28,7 +28,8 @@ SIP_REALM: web.AppKey[str] = web.AppKey("sip_realm", str)
 
 _USER_COLUMNS = (
     "u.id, u.email, u.name, u.role, u.package, u.sender_number_id, u.call_destination,"
-    " u.included_minutes, u.included_segments, u.sip_username, u.created_at,"
+    " u.included_minutes, u.included_segments, u.addon_minutes, u.addon_segments, u.sip_username,"
+    " u.created_at,"
     " COALESCE((SELECT array_agg(o.office_id ORDER BY o.office_id) FROM user_offices o"
     " WHERE o.user_id = u.id), '{}') AS office_ids"
 )
@@ -221,7 +222,8 @@ async def create_user(request: web.Request) -> web.Response:
         try:
             user_id = await conn.fetchval(
                 "INSERT INTO users (account_id, email, name, role, package, call_destination,"
-                " included_minutes, included_segments) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                " included_minutes, included_segments, addon_minutes, addon_segments)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
                 who.account_id,
                 new.email,
                 new.name,
@@ -230,6 +232,8 @@ async def create_user(request: web.Request) -> web.Response:
                 destination,
                 new.included_minutes,
                 new.included_segments,
+                new.addon_minutes,
+                new.addon_segments,
             )
         except asyncpg.UniqueViolationError:
             return problem(409, "Conflict", f"a user with email {new.email!r} exists")

@@ -10,7 +10,17 @@ from aiohttp import web
 from gateway.config import trunk_networks
 from gateway.domain.index import Index
 from gateway.domain.rate_limit import FailureLimiter
-from gateway.http import admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks
+from gateway.http import (
+    account_api,
+    admin_api,
+    crm_api,
+    events_api,
+    leads_api,
+    messages_api,
+    numbers_api,
+    ops,
+    webhooks,
+)
 from gateway.http.auth import POOL, auth_middleware
 from gateway.http.limits import LIMITER, MAX_BODY, TRUSTED_PROXIES, limit_failures, refuse_oversized
 from gateway.http.load_shed import LoopLag
@@ -25,7 +35,17 @@ from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import TextBatcher
 
 # Imported for their @API.op registrations.
-_REGISTERED = (admin_api, crm_api, events_api, leads_api, messages_api, numbers_api, ops, webhooks)
+_REGISTERED = (
+    account_api,
+    admin_api,
+    crm_api,
+    events_api,
+    leads_api,
+    messages_api,
+    numbers_api,
+    ops,
+    webhooks,
+)
 
 
 def build_app(

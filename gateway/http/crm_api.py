@@ -8,6 +8,7 @@ from datetime import date
 
 from aiohttp import web
 
+from gateway.domain.billing import allowance, over_quota
 from gateway.http.auth import POOL, principal
 from gateway.http.models import NotificationAction, NotificationsQuery, UsageQuery
 from gateway.http.openapi import body, query
@@ -137,8 +138,9 @@ async def user_usage(request: web.Request) -> web.Response:
         if not await _may_see_user(conn, who, user_id):
             return not_found("user")
         user = await conn.fetchrow(
-            "SELECT package, included_minutes, included_segments FROM users"
-            " WHERE id = $1 AND account_id = $2",
+            "SELECT u.package, u.included_minutes, u.included_segments, u.addon_minutes, u.addon_segments,"
+            " a.over_quota AS mode FROM users u JOIN accounts a ON a.id = u.account_id"
+            " WHERE u.id = $1 AND u.account_id = $2",
             user_id,
             who.account_id,
         )
@@ -155,6 +157,8 @@ async def user_usage(request: web.Request) -> web.Response:
     for row in rows:
         totals[row["kind"]] += row["quantity"]
     included = {"call_minutes": user["included_minutes"], "text_segments": user["included_segments"]}
+    addon = {"call_minutes": user["addon_minutes"], "text_segments": user["addon_segments"]}
+    allowed = {kind: allowance(included[kind], addon[kind]) for kind in totals}
     return web.json_response(
         {
             "user_id": user_id,
@@ -162,7 +166,10 @@ async def user_usage(request: web.Request) -> web.Response:
             "package": user["package"],
             "totals": totals,
             "included": included,
-            "over_quota": {k: included[k] is not None and totals[k] > included[k] for k in totals},
+            "addon": addon,
+            "allowance": allowed,
+            "over_quota_mode": user["mode"],
+            "over_quota": {kind: over_quota(totals[kind], allowed[kind], 0) for kind in totals},
             "entries": [json_row(r) for r in rows],
         }
     )

@@ -103,6 +103,9 @@ class NumberSettings(Strict):
     max_concurrent_calls: int | None = Field(None, ge=1, le=10_000, description="R7; default 50")
     provider: Literal["twilio", "telnyx", "sip"] | None = None
     bridge: bool | None = Field(None, description="R11: the account's bridge number (one per account)")
+    office_id: Id | None = Field(
+        None, description="a company number's group (one company number each); null: the whole account"
+    )
 
     NOT_NULL = frozenset(
         {
@@ -153,6 +156,14 @@ PackageName = Literal["none", "standard", "upgraded"]
 Allowance = Annotated[int, Field(ge=0, le=10_000_000)]
 
 
+class AccountPatch(Strict):
+    over_quota: Literal["record", "block"] | None = Field(
+        None, description="R9: beyond an allowance, record and flag the usage, or block outbound sends"
+    )
+
+    NOT_NULL = frozenset({"over_quota"})
+
+
 class OfficeIn(Strict):
     name: Name
 
@@ -167,6 +178,8 @@ class UserCreate(Strict):
     )
     included_minutes: Allowance | None = None
     included_segments: Allowance | None = None
+    addon_minutes: Allowance = Field(0, description="added-on minutes beyond the package, each month")
+    addon_segments: Allowance = Field(0, description="added-on text segments beyond the package, each month")
     office_ids: list[Id] = Field(default_factory=list, max_length=100)
 
 
@@ -180,12 +193,14 @@ class UserPatch(Strict):
     call_destination: str | None = Field(None, max_length=300)
     included_minutes: Allowance | None = None
     included_segments: Allowance | None = None
+    addon_minutes: Allowance | None = Field(None, description="added-on minutes beyond the package")
+    addon_segments: Allowance | None = Field(None, description="added-on text segments beyond the package")
     sip_username: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{3,64}$")
     sip_password: str | None = Field(
         None, min_length=12, max_length=128, description="write-only; stored as HA1"
     )
 
-    NOT_NULL = frozenset({"name", "role", "package", "sip_password"})
+    NOT_NULL = frozenset({"name", "role", "package", "sip_password", "addon_minutes", "addon_segments"})
 
 
 class KeyCreate(Strict):

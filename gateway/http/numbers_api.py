@@ -90,7 +90,7 @@ async def get_number(request: web.Request) -> web.Response:
     "/v1/numbers/{number_id}",
     "Change a number's settings (owner/admin, R12)",
     body=NumberSettings,
-    errors=(403, 404),
+    errors=(403, 404, 409),
 )
 async def patch_number(request: web.Request) -> web.Response:
     """One transaction: the row, and the route's users when given."""
@@ -117,6 +117,8 @@ async def patch_number(request: web.Request) -> web.Response:
                 outside = office_route_problem(number, route_users, members)
                 if outside:
                     raise field_error("route_user_ids", outside)
+        if "office_id" in changes and number.kind != "company" and changes["office_id"] != number.office_id:
+            raise field_error("office_id", "only a company number is assigned to a group")
         route = changes.get("unknown_route", number.unknown_route)
         users = route_users if route_users is not None else list(number.route_user_ids)
         if route == "user" and len(users) > 1:
@@ -124,8 +126,14 @@ async def patch_number(request: web.Request) -> web.Response:
         try:
             async with conn.transaction():
                 await update_columns(conn, "numbers", number_id, who.account_id, changes)
-        except asyncpg.UniqueViolationError:
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "numbers_one_company_per_office":
+                return problem(
+                    409, "Conflict", f"office {changes.get('office_id')} already has a company number"
+                )
             raise field_error("bridge", "the account already has a bridge number") from None
+        except asyncpg.ForeignKeyViolationError:
+            raise field_error("office_id", "names no office of this account") from None
         except asyncpg.CheckViolationError:
             raise field_error("bridge", "a personal number cannot be the bridge number") from None
         if route_users is not None:

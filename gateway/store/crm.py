@@ -191,7 +191,8 @@ async def _allowance(conn: Conn, account_id: int, user_id: int, kind: UsageKind,
     sum on every text."""
     row = await conn.fetchrow(
         "WITH u AS (SELECT u.id, a.over_quota AS mode,"
-        "  CASE WHEN $3 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END AS included"
+        "  CASE WHEN $3 = 'call_minutes' THEN u.included_minutes + u.addon_minutes"
+        "       ELSE u.included_segments + u.addon_segments END AS included"  # billing.allowance
         "  FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.id = $1 AND u.account_id = $2)"
         " SELECT mode, included, CASE WHEN included IS NULL THEN 0 ELSE COALESCE((SELECT sum(quantity)"
         "  FROM usage_ledger l WHERE l.user_id = u.id AND l.period = $4 AND l.kind = $3), 0) END AS used"

@@ -20,7 +20,7 @@ SELECT n.id, n.account_id, n.e164, n.kind, n.owner_user_id, n.office_id, n.unkno
        COALESCE((SELECT array_agg(t.user_id ORDER BY t.position)
                    FROM number_route_targets t WHERE t.number_id = n.id), '{}') AS route_user_ids,
        n.unknown_step_timeout_s, n.source, n.tag, n.max_concurrent_calls, n.provider,
-       n.bridge
+       n.bridge, n.description
   FROM numbers n
 """
 
@@ -63,6 +63,7 @@ def number_from_row(row: asyncpg.Record) -> Number:
         max_concurrent_calls=row["max_concurrent_calls"],
         provider=row["provider"],
         bridge=row["bridge"],
+        description=row["description"],
     )
 
 

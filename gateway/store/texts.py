@@ -292,7 +292,7 @@ WITH input AS (
       FROM claimed c JOIN unnest($19::int[], $20::bigint[]) AS l(ord, lead) ON l.ord = c.ord
     ON CONFLICT (idempotency_key) DO NOTHING
 ), allowance AS (
-    SELECT c.*, u.included_segments AS included,
+    SELECT c.*, u.included_segments + u.addon_segments AS included,  -- billing.allowance
            CASE WHEN u.included_segments IS NULL THEN 0
                 ELSE COALESCE((SELECT sum(quantity) FROM usage_ledger l
                                 WHERE l.user_id = u.id AND l.period = c.period
