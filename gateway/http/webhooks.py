@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from gateway.domain.index import Index
@@ -28,7 +27,7 @@ from gateway.http.responses import not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error
 from gateway.providers import map_status
-from gateway.store import texts
+from gateway.store import DB_AWAY, texts
 from gateway.store.outbox import Outbox
 from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
@@ -44,7 +43,7 @@ OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 TEXTS: web.AppKey[TextBatcher] = web.AppKey("texts")
 STATUSES: web.AppKey[StatusBatcher] = web.AppKey("statuses")
 LOOP_LAG: web.AppKey[LoopLag] = web.AppKey("loop_lag")
-_DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_DB_DOWN = DB_AWAY
 # Twilio signs names and values run together, so a captured webhook can be
 # re-cut at a field boundary and still verify (issue 12, item 8). What Twilio
 # really sends pins the cuts: its message SIDs are SM/MM + 32 hex digits, and

@@ -10,6 +10,18 @@ from asyncpg.pool import PoolConnectionProxy
 # A connection, whether taken from the pool or opened on its own.
 Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
+# The database could not take a write (as opposed to refusing a value). A
+# connection that Postgres cut mid-statement (fast shutdown) can leave asyncpg's
+# protocol in a state it reports as InternalClientError, which is no
+# PostgresError: without it here, a text arriving at that moment was a 500.
+DB_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 async def update_columns(
     conn: Conn,

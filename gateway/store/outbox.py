@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 BATCH = 100
 COMPACT_BYTES = 8 * 1024 * 1024  # rewrite the file once this much of it is applied
 DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-           asyncpg.CannotConnectNowError)  # fmt: skip
+           asyncpg.CannotConnectNowError, asyncpg.InternalClientError)  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -11,12 +11,13 @@ from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision
 from gateway.sip.digest import StoredKeys
 from gateway.sip.ports import SipUser, StoreRejected, StoreUnavailable
-from gateway.store import texts
+from gateway.store import DB_AWAY, texts
 from gateway.store.crm import decide
 from gateway.store.index_queries import fetch_account_numbers
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 
 ACQUIRE_TIMEOUT_S = 1.5
+_UNAVAILABLE: tuple[type[BaseException], ...] = (Overloaded, *DB_AWAY)
 
 
 class PgSipStore:
@@ -54,5 +55,5 @@ class PgSipStore:
             return await self._texts.accept(self._index(), text)
         except DATA_REFUSED as exc:
             raise StoreRejected(str(exc)) from exc  # a data error is not an outage
-        except (Overloaded, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
