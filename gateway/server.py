@@ -142,7 +142,7 @@ class Gateway:
         self.sip = SipService(
             self.settings.sip,
             lambda: keeper.index,
-            PgSipStore(pool, lambda: keeper.index, self.texts),
+            PgSipStore(pool, lambda: keeper.index, self.texts, self._send_text),
             SipMetrics(self.metrics.registry, self.slots, self.settings.sip.per_number_metrics),
             self.slots,
             self.recorder,
@@ -151,6 +151,14 @@ class Gateway:
         )
         await self.sip.start()
         log.info("SIP listening on %s:%s (UDP and TCP)", self.settings.sip.host, self.sip.port)
+
+    async def _send_text(self, provider: str, sender: str, to: str, body: str) -> tuple[str, str]:
+        """A system text (the over-limit text-back) through the number's
+        provider, with the usual delivery status callback."""
+        path = "/v1/webhooks/twilio/status" if provider == "twilio" else "/v1/webhooks/telnyx/messages"
+        status_url = self.settings.http.public_base_url.rstrip("/") + path
+        sent = await self.providers.send(provider, sender, to, body, status_url)
+        return sent.provider_message_id, sent.status
 
     async def stop(self) -> None:
         """Reverse of start; safe to call on a partly started gateway."""

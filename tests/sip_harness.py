@@ -133,9 +133,17 @@ class Store:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        self.over_limits: list[tuple[str, str | None, str]] = []
+        self.texted: list[tuple[str, str, str]] = []
 
     async def rotate(self, number: Number, caller: str | None) -> Decision:
         return route(self.index, number, caller)
+
+    async def over_limit(self, number: Number, caller: str | None, action: str) -> None:
+        self.over_limits.append((number.e164, caller, action))
+
+    async def text_back(self, number: Number, caller: str, body: str) -> None:
+        self.texted.append((number.e164, caller, body))
 
 
 def user(user_id: int, destination: str | None, package: str = "standard") -> User:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.domain.index import Index
+from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision
 
 Disposition = Literal["answered", "busy_limit", "no_answer", "canceled", "rejected", "failed"]
@@ -30,6 +30,32 @@ class Target:
 class Step:
     targets: tuple[Target, ...]
     timeout_s: float
+
+
+OVERFLOW_RING_S = 60.0  # an answering service or another office gets a full minute
+TEXT_BACK = "Sorry we missed your call: every line is busy. We will call you back shortly."
+OverLimitAction = Literal["busy", "forward", "text_back"]
+
+
+def over_limit_action(number: Number, caller: str | None) -> OverLimitAction:
+    """Issue 15, item 8: what the caller past the R7 limit gets. A text-back
+    needs a number to text (a withheld caller just gets busy); a forward needs
+    its target."""
+    if number.overflow == "forward" and number.overflow_target:
+        return "forward"
+    if number.overflow == "text_back" and caller is not None and caller.startswith("+"):
+        return "text_back"
+    return "busy"
+
+
+def overflow_plan(number: Number) -> tuple[Step, ...]:
+    """The forward leg for a caller past the limit: the overflow target alone."""
+    assert number.overflow_target is not None
+    return (Step((Target(None, number.overflow_target),), OVERFLOW_RING_S),)
+
+
+def text_back_message(number: Number) -> str:
+    return number.overflow_text or TEXT_BACK
 
 
 def call_plan(index: Index, decision: Decision) -> tuple[Step, ...]:

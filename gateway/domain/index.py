@@ -63,6 +63,9 @@ class Number:
     provider: str
     bridge: bool = False  # R11: the account's bridge number for outbound caller ID
     description: str = ""  # the title the account gave it, "so that you can reference it"
+    overflow: str = "busy"  # past the R7 limit: busy, forward or text_back (issue 15, item 8)
+    overflow_target: str | None = None  # forward: a SIP URI or an E.164
+    overflow_text: str | None = None  # text_back: the message (a default when None)
 
 
 @dataclass(frozen=True, slots=True)

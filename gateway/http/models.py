@@ -106,11 +106,19 @@ class NumberSettings(Strict):
     office_id: Id | None = Field(
         None, description="a company number's group (one company number each); null: the whole account"
     )
+    overflow: Literal["busy", "forward", "text_back"] | None = Field(
+        None, description="past the R7 limit: 486 (busy), ring overflow_target (forward), or 486 and a text"
+    )
+    overflow_target: str | None = Field(
+        None, min_length=1, max_length=300, description="forward: a sip: URI or an E.164"
+    )
+    overflow_text: str | None = Field(None, min_length=1, max_length=640, description="text_back's message")
 
     NOT_NULL = frozenset(
         {
             "bridge",
             "description",
+            "overflow",
             "unknown_route",
             "route_user_ids",
             "unknown_step_timeout_s",

@@ -25,6 +25,7 @@ from gateway.domain.number_policy import (
     unknown_caller_problem,
 )
 from gateway.domain.outbound import choose_text_sender, may_send_from
+from gateway.domain.phone import to_e164
 from gateway.http.auth import POOL, principal
 from gateway.http.models import NumberPurchase, NumberSettings, SendersQuery, TextCode
 from gateway.http.openapi import body, query
@@ -53,6 +54,16 @@ def number_json(number: Number, users: dict[int, User] | None = None) -> dict[st
     if users is not None:
         data["unknown_caller_problem"] = unknown_caller_problem(number, users)
     return data
+
+
+def _overflow_target(raw: str) -> str:
+    """A sip: URI as given, or any phone format as E.164 (the outbound trunk dials it)."""
+    if raw.lower().startswith(("sip:", "sips:")):
+        return raw
+    e164 = to_e164(raw)
+    if e164 is None:
+        raise field_error("overflow_target", "must be a sip: URI or a phone number")
+    return e164
 
 
 async def _users(conn: Conn, account_id: int) -> dict[int, User]:
@@ -117,6 +128,8 @@ async def patch_number(request: web.Request) -> web.Response:
                 outside = office_route_problem(number, route_users, members)
                 if outside:
                     raise field_error("route_user_ids", outside)
+        if changes.get("overflow_target") is not None:
+            changes["overflow_target"] = _overflow_target(changes["overflow_target"])
         if "office_id" in changes and number.kind != "company" and changes["office_id"] != number.office_id:
             raise field_error("office_id", "only a company number is assigned to a group")
         route = changes.get("unknown_route", number.unknown_route)
@@ -134,7 +147,9 @@ async def patch_number(request: web.Request) -> web.Response:
             raise field_error("bridge", "the account already has a bridge number") from None
         except asyncpg.ForeignKeyViolationError:
             raise field_error("office_id", "names no office of this account") from None
-        except asyncpg.CheckViolationError:
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name == "numbers_overflow_needs_target":
+                raise field_error("overflow_target", "forward needs an overflow_target") from None
             raise field_error("bridge", "a personal number cannot be the bridge number") from None
         if route_users is not None:
             await conn.execute("DELETE FROM number_route_targets WHERE number_id = $1", number_id)

@@ -7,7 +7,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from gateway.domain.calls import call_plan
+from gateway.domain.calls import call_plan, over_limit_action, overflow_plan, text_back_message
 from gateway.domain.index import Number
 from gateway.domain.routing import Decision, route
 from gateway.sip import session_timer
@@ -39,9 +39,15 @@ def inbound_call(server: SipServer, rec: ServerTx) -> None:
     invited_at = time.time()
     decision = route(index, number, caller)
     slot = server.slots.take(number.id, number.max_concurrent_calls)
-    if slot is None:  # R7
-        _busy(server, rec, number, caller, invited_at, decision)
-        return
+    if slot is None:  # R7, and what the caller past it gets (issue 15, item 8)
+        action = over_limit_action(number, caller)
+        server.metrics.count_limit_rejection(number.id)
+        server.scheduler.spawn(server.store.over_limit(number, caller, action))
+        if action != "forward":
+            _busy(server, rec, number, caller, invited_at, decision)
+            if action == "text_back" and caller is not None:
+                server.scheduler.spawn(server.store.text_back(number, caller, text_back_message(number)))
+            return
     outcome = Outcome(
         req.headers.get_first("call-id") or "", "inbound", caller or "anonymous", number.e164, invited_at
     )
@@ -50,12 +56,16 @@ def inbound_call(server: SipServer, rec: ServerTx) -> None:
         server,
         rec,
         outcome,
-        slot=slot,
+        slot=slot,  # None for an overflow forward: it holds none of the number's slots
         b_from_user=caller or "anonymous",
         max_call_s=server.settings.max_call_s,
         session_expires_s=server.settings.session_expires_s,
         on_end=on_end,
     )
+    if slot is None:
+        server.metrics.calls.labels("inbound", "overflow_forward").inc()
+        call.start(overflow_plan(number))
+        return
     if decision.strategy == "round_robin" and len(decision.targets) > 1:
         # The call exists (and absorbs retransmissions and CANCEL) before the
         # database is asked for the shared turn (R4).
@@ -86,7 +96,6 @@ def _busy(
     """R7: 486 with Warning and Reason saying why, counted and recorded."""
     limit = number.max_concurrent_calls
     call_id = rec.request.headers.get_first("call-id") or ""  # read before the final settles rec
-    server.metrics.count_limit_rejection(number.id)
     server.metrics.calls.labels("inbound", "busy_limit").inc()
     server.reply(
         rec,

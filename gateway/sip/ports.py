@@ -42,3 +42,9 @@ class SipStore(Protocol):
     async def accept_text(self, text: InboundText) -> Accepted:
         """Store an inbound text exactly once. Raises texts.UnknownNumber,
         StoreRejected (bad data) or StoreUnavailable (database away)."""
+
+    async def over_limit(self, number: Number, caller: str | None, action: str) -> None:
+        """Tell the account's owners and admins a caller found ``number`` at its limit."""
+
+    async def text_back(self, number: Number, caller: str, body: str) -> None:
+        """Text ``body`` from ``number`` to ``caller`` through its provider, and record it."""

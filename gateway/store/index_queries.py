@@ -20,7 +20,7 @@ SELECT n.id, n.account_id, n.e164, n.kind, n.owner_user_id, n.office_id, n.unkno
        COALESCE((SELECT array_agg(t.user_id ORDER BY t.position)
                    FROM number_route_targets t WHERE t.number_id = n.id), '{}') AS route_user_ids,
        n.unknown_step_timeout_s, n.source, n.tag, n.max_concurrent_calls, n.provider,
-       n.bridge, n.description
+       n.bridge, n.description, n.overflow, n.overflow_target, n.overflow_text
   FROM numbers n
 """
 
@@ -64,6 +64,9 @@ def number_from_row(row: asyncpg.Record) -> Number:
         provider=row["provider"],
         bridge=row["bridge"],
         description=row["description"],
+        overflow=row["overflow"],
+        overflow_target=row["overflow_target"],
+        overflow_text=row["overflow_text"],
     )
 
 

@@ -3,7 +3,8 @@ pooled round trip per call."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -11,20 +12,28 @@ from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision
 from gateway.sip.digest import StoredKeys
 from gateway.sip.ports import SipUser, StoreRejected, StoreUnavailable
-from gateway.store import DB_AWAY, texts
+from gateway.store import DB_AWAY, overflow, texts
 from gateway.store.crm import decide
 from gateway.store.index_queries import fetch_account_numbers
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 
 ACQUIRE_TIMEOUT_S = 1.5
+log = logging.getLogger(__name__)
 _UNAVAILABLE: tuple[type[BaseException], ...] = (Overloaded, *DB_AWAY)
 
 
+# (provider, from, to, body) -> (the provider's message id, its status); raises when not sent.
+SendText = Callable[[str, str, str, str], Awaitable[tuple[str, str]]]
+
+
 class PgSipStore:
-    def __init__(self, pool: asyncpg.Pool, index: Callable[[], Index], batcher: TextBatcher) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, index: Callable[[], Index], batcher: TextBatcher, send_text: SendText
+    ) -> None:
         self._pool = pool
         self._index = index
         self._texts = batcher
+        self._send_text = send_text
 
     async def rotate(self, number: Number, caller: str | None) -> Decision:
         """One round trip: claim the number's round-robin turn (R4)."""
@@ -47,6 +56,32 @@ class PgSipStore:
         """One round trip: the account's numbers with their route targets."""
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             return await fetch_account_numbers(conn, account_id)
+
+    async def over_limit(self, number: Number, caller: str | None, action: str) -> None:
+        """One statement; an outage loses the event (the metric still counts it)."""
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                await overflow.announce_over_limit(conn, number, caller, action)
+        except DB_AWAY as exc:
+            log.warning("over-limit event for %s not stored: %s", number.e164, exc)
+
+    async def text_back(self, number: Number, caller: str, body: str) -> None:
+        """Two round trips around the provider's request. Not sent while the
+        database is away: a text nobody could see in the CRM is not sent."""
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                message_id = await overflow.record_text_back(conn, number, caller, body)
+        except DB_AWAY as exc:
+            log.warning("text-back to %s not sent: %s", caller, exc)
+            return
+        try:
+            provider_id, status = await self._send_text(number.provider, number.e164, caller, body)
+        except Exception as exc:  # the provider's refusal or its absence: recorded, never raised
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                await overflow.text_back_sent(conn, message_id, None, "failed", str(exc)[:200])
+            return
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            await overflow.text_back_sent(conn, message_id, provider_id, status)
 
     async def accept_text(self, text: texts.InboundText) -> texts.Accepted:
         """A share of one batched statement and commit, with the webhooks'

@@ -1,0 +1,63 @@
+"""Callers past a number's R7 limit (issue 15, item 8): the admins' event and
+the text-back's message row. The send itself is the caller's (store/ holds
+no provider client)."""
+
+from __future__ import annotations
+
+import uuid
+
+from gateway.domain.billing import text_segments
+from gateway.domain.index import Number
+from gateway.store import Conn
+
+
+async def announce_over_limit(conn: Conn, number: Number, caller: str | None, action: str) -> int:
+    """An ``over_limit`` event on each owner's and admin's stream: the number,
+    the caller and what they got. Returns how many were told. One statement."""
+    result = await conn.execute(
+        "INSERT INTO user_events (account_id, user_id, kind, payload)"
+        " SELECT $1, u.id, 'over_limit', jsonb_build_object('number_id', $2::bigint, 'number', $3::text,"
+        " 'caller', $4::text, 'action', $5::text, 'limit', $6::int, 'at', now())"
+        " FROM users u WHERE u.account_id = $1 AND u.role IN ('owner', 'admin')",
+        number.account_id,
+        number.id,
+        number.e164,
+        caller or "anonymous",
+        action,
+        number.max_concurrent_calls,
+    )
+    return int(result.split()[-1])
+
+
+async def record_text_back(conn: Conn, number: Number, caller: str, body: str) -> int:
+    """The text-back as an outbound message, ``queued`` before it is sent. No
+    user sent it, so nobody is charged (R9 charges users, never numbers); it
+    is counted on the number. One round trip."""
+    message_id: int = await conn.fetchval(
+        "INSERT INTO messages (account_id, number_id, direction, provider, provider_message_id, from_e164,"
+        " to_e164, body, segments, status) VALUES ($1, $2, 'outbound', $3, $4, $5, $6, $7, $8, 'queued')"
+        " RETURNING id",
+        number.account_id,
+        number.id,
+        number.provider,
+        f"local:{uuid.uuid4()}",
+        number.e164,
+        caller,
+        body,
+        text_segments(body),
+    )
+    return message_id
+
+
+async def text_back_sent(
+    conn: Conn, message_id: int, provider_message_id: str | None, status: str, error: str | None = None
+) -> None:
+    """The provider's answer (its id and status), or ``failed`` with why. One statement."""
+    await conn.execute(
+        "UPDATE messages SET provider_message_id = COALESCE($2, provider_message_id), status = $3,"
+        " error_code = $4, updated_at = now() WHERE id = $1",
+        message_id,
+        provider_message_id,
+        status,
+        error,
+    )
