@@ -58,6 +58,19 @@ def text_back_message(number: Number) -> str:
     return number.overflow_text or TEXT_BACK
 
 
+AFTER_HOURS_TEXT = "Thanks for calling. We are closed right now and will call you back when we open."
+
+
+def after_hours_plan(number: Number, decision: Decision, index: Index) -> tuple[Step, ...]:
+    """R16: outside hours, the forward target alone, nobody (a text-back), or
+    the after-hours users the decision names."""
+    if number.after_hours == "forward" and number.after_hours_target:
+        return (Step((Target(None, number.after_hours_target),), OVERFLOW_RING_S),)
+    if number.after_hours == "text_back":
+        return ()
+    return call_plan(index, decision)
+
+
 def call_plan(index: Index, decision: Decision) -> tuple[Step, ...]:
     """The hunt for ``decision`` (R4): who is rung together, in which order, and
     for how long. Empty when nobody reachable remains (R6: answer 480)."""

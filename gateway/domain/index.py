@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from gateway.domain.hours import BusinessHours
+
 NumberKind = Literal["company", "office", "personal"]
 UnknownRoute = Literal["user", "ring_all", "round_robin", "sequential"]
 Role = Literal["owner", "admin", "agent"]
@@ -66,6 +68,11 @@ class Number:
     overflow: str = "busy"  # past the R7 limit: busy, forward or text_back (issue 15, item 8)
     overflow_target: str | None = None  # forward: a SIP URI or an E.164
     overflow_text: str | None = None  # text_back: the message (a default when None)
+    hours: BusinessHours | None = None  # None: always open (issue 15, item 10)
+    after_hours: str = "users"  # outside hours: users, forward or text_back
+    after_hours_user_ids: tuple[int, ...] = ()
+    after_hours_target: str | None = None
+    after_hours_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

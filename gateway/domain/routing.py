@@ -14,8 +14,10 @@ cursor it claimed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Literal
 
+from gateway.domain.hours import is_open
 from gateway.domain.index import Index, LeadRef, Number, User
 
 Reason = Literal[
@@ -26,6 +28,7 @@ Reason = Literal[
     "personal_number",  # R5
     "fallback_no_package",  # R6: the lead's agent has no package; the unknown-caller route took over
     "no_target",  # R6: nobody eligible remains
+    "after_hours",  # R16: a call outside the number's business hours took its after-hours route
 ]
 # How targets are tried: one user; all at once, first answer wins; in order with a
 # per-step timeout; or in rotation (which, once rotated, hunts like sequential).
@@ -57,11 +60,14 @@ def can_use(user: User | None, number: Number) -> bool:
     return user is not None and user.account_id == number.account_id and user.package != "none"
 
 
-def route(index: Index, number: Number, caller: str | None) -> Decision:
+def route(index: Index, number: Number, caller: str | None, call_at: datetime | None = None) -> Decision:
     """The routing decision for a call or text from ``caller`` (E.164, or None
-    when withheld) to ``number``. A few dict lookups; no I/O."""
+    when withheld) to ``number``; ``call_at`` (a call's arrival; None for a
+    text) applies the number's business hours (R16). A few dict lookups; no I/O."""
     leads = index.leads_for(number.account_id, caller) if caller else ()
     timeline, agent, reason = lead_rules(leads)
+    if call_at is not None and not is_open(number.hours, call_at):
+        return _after_hours(index, number, timeline)
     if number.kind == "personal":  # R5: the owner, whoever calls; R1-R3 still pick the records.
         agent, reason = number.owner_user_id, "personal_number"
     if agent is None:  # R4
@@ -98,6 +104,18 @@ def lead_rules(leads: tuple[LeadRef, ...]) -> tuple[tuple[int, ...], int | None,
         return tuple(sorted(lead.lead_id for lead in leads)), agent, "duplicate_same_agent"
     chosen = newest(leads)  # R3: only the newest lead gets a record
     return (chosen.lead_id,), chosen.agent_id, "duplicate_most_recent"
+
+
+def _after_hours(index: Index, number: Number, timeline: tuple[int, ...]) -> Decision:
+    """R16: outside business hours every caller, lead or not, takes the
+    after-hours route: its users at once (minus those who may not use the
+    number, R6), or nobody for a forward or text-back (the call layer acts)."""
+    if number.after_hours != "users":
+        return Decision("after_hours", "single", (), timeline, number.step_timeout_s)
+    configured = number.after_hours_user_ids
+    eligible = tuple(u for u in configured if can_use(index.user(u), number))
+    skipped = tuple(u for u in configured if u not in eligible)
+    return Decision("after_hours", "ring_all", eligible, timeline, number.step_timeout_s, skipped)
 
 
 def _unknown_route(index: Index, number: Number, reason: Reason, timeline: tuple[int, ...]) -> Decision:

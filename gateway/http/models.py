@@ -113,12 +113,27 @@ class NumberSettings(Strict):
         None, min_length=1, max_length=300, description="forward: a sip: URI or an E.164"
     )
     overflow_text: str | None = Field(None, min_length=1, max_length=640, description="text_back's message")
+    business_hours: dict[str, Any] | None = Field(
+        None,
+        description='R16: {"time_zone": "America/New_York", "weekly": {"mon": [["09:00", "17:00"]], ...},'
+        ' "holidays": ["2026-12-25"]}; null: always open',
+    )
+    after_hours: Literal["users", "forward", "text_back"] | None = Field(
+        None, description="R16: outside hours ring after_hours_user_ids, forward, or 480 and a text"
+    )
+    after_hours_user_ids: list[Id] | None = Field(None, max_length=50)
+    after_hours_target: str | None = Field(
+        None, min_length=1, max_length=300, description="a sip: URI or an E.164"
+    )
+    after_hours_text: str | None = Field(None, min_length=1, max_length=640)
 
     NOT_NULL = frozenset(
         {
             "bridge",
             "description",
             "overflow",
+            "after_hours",
+            "after_hours_user_ids",
             "unknown_route",
             "route_user_ids",
             "unknown_step_timeout_s",

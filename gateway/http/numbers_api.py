@@ -6,12 +6,14 @@ committed change, even one the index will see a few milliseconds later.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from gateway.domain.hours import format_hours, parse_hours
 from gateway.domain.index import Number, User
 from gateway.domain.number_policy import (
     NUMBER_MONTHLY_CENTS,
@@ -51,19 +53,32 @@ def number_json(number: Number, users: dict[int, User] | None = None) -> dict[st
     data = asdict(number)
     data["route_user_ids"] = list(number.route_user_ids)
     data["unknown_step_timeout_s"] = data.pop("step_timeout_s")
+    data["business_hours"] = format_hours(number.hours)
+    data["after_hours_user_ids"] = list(number.after_hours_user_ids)
+    del data["hours"]
     if users is not None:
         data["unknown_caller_problem"] = unknown_caller_problem(number, users)
     return data
 
 
-def _overflow_target(raw: str) -> str:
+def _dial_target(raw: str, field: str) -> str:
     """A sip: URI as given, or any phone format as E.164 (the outbound trunk dials it)."""
     if raw.lower().startswith(("sip:", "sips:")):
         return raw
     e164 = to_e164(raw)
     if e164 is None:
-        raise field_error("overflow_target", "must be a sip: URI or a phone number")
+        raise field_error(field, "must be a sip: URI or a phone number")
     return e164
+
+
+def _business_hours(raw: dict[str, Any] | None) -> str | None:
+    """Validated and stored in its canonical form (JSON text for jsonb)."""
+    if raw is None:
+        return None
+    try:
+        return json.dumps(format_hours(parse_hours(raw)))
+    except (ValueError, TypeError) as exc:
+        raise field_error("business_hours", f"is not a schedule ({exc})") from None
 
 
 async def _users(conn: Conn, account_id: int) -> dict[int, User]:
@@ -128,8 +143,16 @@ async def patch_number(request: web.Request) -> web.Response:
                 outside = office_route_problem(number, route_users, members)
                 if outside:
                     raise field_error("route_user_ids", outside)
-        if changes.get("overflow_target") is not None:
-            changes["overflow_target"] = _overflow_target(changes["overflow_target"])
+        for field in ("overflow_target", "after_hours_target"):
+            if changes.get(field) is not None:
+                changes[field] = _dial_target(changes[field], field)
+        if "business_hours" in changes:
+            changes["business_hours"] = _business_hours(changes["business_hours"])
+        if changes.get("after_hours_user_ids"):
+            account_users = await _users(conn, who.account_id)
+            strangers = [u for u in changes["after_hours_user_ids"] if u not in account_users]
+            if strangers:
+                raise field_error("after_hours_user_ids", f"{strangers} are not users of this account")
         if "office_id" in changes and number.kind != "company" and changes["office_id"] != number.office_id:
             raise field_error("office_id", "only a company number is assigned to a group")
         route = changes.get("unknown_route", number.unknown_route)
@@ -150,6 +173,8 @@ async def patch_number(request: web.Request) -> web.Response:
         except asyncpg.CheckViolationError as exc:
             if exc.constraint_name == "numbers_overflow_needs_target":
                 raise field_error("overflow_target", "forward needs an overflow_target") from None
+            if exc.constraint_name == "numbers_after_hours_needs_target":
+                raise field_error("after_hours_target", "forward needs an after_hours_target") from None
             raise field_error("bridge", "a personal number cannot be the bridge number") from None
         if route_users is not None:
             await conn.execute("DELETE FROM number_route_targets WHERE number_id = $1", number_id)

@@ -7,7 +7,14 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from gateway.domain.calls import call_plan, over_limit_action, overflow_plan, text_back_message
+from gateway.domain.calls import (
+    AFTER_HOURS_TEXT,
+    after_hours_plan,
+    call_plan,
+    over_limit_action,
+    overflow_plan,
+    text_back_message,
+)
 from gateway.domain.index import Number
 from gateway.domain.routing import Decision, route
 from gateway.sip import session_timer
@@ -37,7 +44,7 @@ def inbound_call(server: SipServer, rec: ServerTx) -> None:
         req.headers.get_first("from")
     )
     invited_at = time.time()
-    decision = route(index, number, caller)
+    decision = route(index, number, caller, call_at=utc(invited_at))
     slot = server.slots.take(number.id, number.max_concurrent_calls)
     if slot is None:  # R7, and what the caller past it gets (issue 15, item 8)
         action = over_limit_action(number, caller)
@@ -65,6 +72,13 @@ def inbound_call(server: SipServer, rec: ServerTx) -> None:
     if slot is None:
         server.metrics.calls.labels("inbound", "overflow_forward").inc()
         call.start(overflow_plan(number))
+        return
+    if decision.reason == "after_hours":
+        if number.after_hours == "text_back" and caller is not None:
+            server.scheduler.spawn(
+                server.store.text_back(number, caller, number.after_hours_text or AFTER_HOURS_TEXT)
+            )
+        call.start(after_hours_plan(number, decision, index))
         return
     if decision.strategy == "round_robin" and len(decision.targets) > 1:
         # The call exists (and absorbs retransmissions and CANCEL) before the

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from gateway.domain.billing import billable_minutes
+from gateway.domain.hours import BusinessHours
 from gateway.domain.index import Number
 from gateway.domain.notifications import call_raises_r8
 from gateway.domain.routing import Decision
@@ -133,7 +134,7 @@ def call_from_json(data: dict[str, Any]) -> CallRecord:
     return CallRecord(
         **{
             **data,
-            "number": Number(**{**number, "route_user_ids": tuple(number["route_user_ids"])}),
+            "number": _number(number),
             "decision": None if decision is None else _decision(decision),
             "targets_tried": tuple(data["targets_tried"]),
             "invited_at": datetime.fromisoformat(data["invited_at"]),
@@ -144,6 +145,25 @@ def call_from_json(data: dict[str, Any]) -> CallRecord:
 
 
 _RECORD_FIELDS = dataclasses.fields(CallRecord)
+
+
+def _number(n: dict[str, Any]) -> Number:
+    """The outbox's number back as the frozen (hashable) value it was."""
+    hours = n.get("hours")
+    return Number(
+        **{
+            **n,
+            "route_user_ids": tuple(n["route_user_ids"]),
+            "after_hours_user_ids": tuple(n.get("after_hours_user_ids", ())),
+            "hours": None
+            if hours is None
+            else BusinessHours(
+                hours["time_zone"],
+                tuple(tuple((start, end) for start, end in day) for day in hours["weekly"]),
+                tuple(hours["closed_dates"]),
+            ),
+        }
+    )
 
 
 def _decision(d: dict[str, Any]) -> Decision:

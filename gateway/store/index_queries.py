@@ -9,9 +9,11 @@ memory).
 from __future__ import annotations
 
 import gc
+import json
 
 import asyncpg
 
+from gateway.domain.hours import parse_hours
 from gateway.domain.index import Index, LeadRef, Number, User
 from gateway.store import Conn
 
@@ -20,7 +22,9 @@ SELECT n.id, n.account_id, n.e164, n.kind, n.owner_user_id, n.office_id, n.unkno
        COALESCE((SELECT array_agg(t.user_id ORDER BY t.position)
                    FROM number_route_targets t WHERE t.number_id = n.id), '{}') AS route_user_ids,
        n.unknown_step_timeout_s, n.source, n.tag, n.max_concurrent_calls, n.provider,
-       n.bridge, n.description, n.overflow, n.overflow_target, n.overflow_text
+       n.bridge, n.description, n.overflow, n.overflow_target, n.overflow_text,
+       n.business_hours::text AS business_hours, n.after_hours, n.after_hours_user_ids, n.after_hours_target,
+       n.after_hours_text
   FROM numbers n
 """
 
@@ -67,6 +71,11 @@ def number_from_row(row: asyncpg.Record) -> Number:
         overflow=row["overflow"],
         overflow_target=row["overflow_target"],
         overflow_text=row["overflow_text"],
+        hours=parse_hours(json.loads(row["business_hours"])) if row["business_hours"] else None,
+        after_hours=row["after_hours"],
+        after_hours_user_ids=tuple(row["after_hours_user_ids"]),
+        after_hours_target=row["after_hours_target"],
+        after_hours_text=row["after_hours_text"],
     )
 
 
