@@ -151,6 +151,10 @@ class Store:
     async def text_back(self, number: Number, caller: str, body: str) -> None:
         self.texted.append((number.e164, caller, body))
 
+    async def missed_call_text(self, number: Number, caller: str) -> None:
+        assert number.missed_call_text is not None
+        self.texted.append((number.e164, caller, number.missed_call_text))
+
 
 def user(user_id: int, destination: str | None, package: str = "standard") -> User:
     return User(user_id, 1, "agent", package, frozenset(), destination, None)  # type: ignore[arg-type]

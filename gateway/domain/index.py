@@ -73,6 +73,10 @@ class Number:
     after_hours_user_ids: tuple[int, ...] = ()
     after_hours_target: str | None = None
     after_hours_text: str | None = None
+    missed_call_text: str | None = None  # None: no missed-call text-back (issue 15, item 11)
+    missed_call_quiet_from: str = "21:00"
+    missed_call_quiet_to: str = "08:00"
+    missed_call_every_s: int = 86_400
 
 
 @dataclass(frozen=True, slots=True)

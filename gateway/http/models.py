@@ -126,6 +126,14 @@ class NumberSettings(Strict):
         None, min_length=1, max_length=300, description="a sip: URI or an E.164"
     )
     after_hours_text: str | None = Field(None, min_length=1, max_length=640)
+    missed_call_text: str | None = Field(
+        None, min_length=1, max_length=640, description="R17: texted to unanswered callers; null: off"
+    )
+    missed_call_quiet_from: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    missed_call_quiet_to: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    missed_call_every_s: int | None = Field(
+        None, ge=60, le=2_592_000, description="seconds: at most one text per caller in this period"
+    )
 
     NOT_NULL = frozenset(
         {
@@ -134,6 +142,9 @@ class NumberSettings(Strict):
             "overflow",
             "after_hours",
             "after_hours_user_ids",
+            "missed_call_quiet_from",
+            "missed_call_quiet_to",
+            "missed_call_every_s",
             "unknown_route",
             "route_user_ids",
             "unknown_step_timeout_s",

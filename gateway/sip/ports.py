@@ -48,3 +48,7 @@ class SipStore(Protocol):
 
     async def text_back(self, number: Number, caller: str, body: str) -> None:
         """Text ``body`` from ``number`` to ``caller`` through its provider, and record it."""
+
+    async def missed_call_text(self, number: Number, caller: str) -> None:
+        """R17: the number's missed-call text to ``caller``, unless they opted
+        out or had one within the number's period."""

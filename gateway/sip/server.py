@@ -35,6 +35,7 @@ from gateway.domain.call_slots import CallSlots
 from gateway.domain.index import Index, Number
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.domain.routing import Decision
+from gateway.domain.text_back import in_quiet_hours, wants_missed_call_text
 from gateway.sip import transaction as tx
 from gateway.sip.call import Call
 from gateway.sip.codec import encode
@@ -368,6 +369,9 @@ class SipServer:
             answered_at=utc(o.answered_at) if o.answered_at is not None else None,
         )
         self.recorder.add_call(record, call.send_final_reply)
+        missed = o.direction == "inbound" and wants_missed_call_text(number, o.caller, o.disposition)
+        if missed and not in_quiet_hours(number, utc(o.ended_at or o.invited_at)):  # R17
+            self.scheduler.spawn(self.store.missed_call_text(number, o.caller))
 
     # -- input -------------------------------------------------------------------------
 

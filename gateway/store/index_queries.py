@@ -24,7 +24,8 @@ SELECT n.id, n.account_id, n.e164, n.kind, n.owner_user_id, n.office_id, n.unkno
        n.unknown_step_timeout_s, n.source, n.tag, n.max_concurrent_calls, n.provider,
        n.bridge, n.description, n.overflow, n.overflow_target, n.overflow_text,
        n.business_hours::text AS business_hours, n.after_hours, n.after_hours_user_ids, n.after_hours_target,
-       n.after_hours_text
+       n.after_hours_text, n.missed_call_text, n.missed_call_quiet_from, n.missed_call_quiet_to,
+       n.missed_call_every_s
   FROM numbers n
 """
 
@@ -76,6 +77,10 @@ def number_from_row(row: asyncpg.Record) -> Number:
         after_hours_user_ids=tuple(row["after_hours_user_ids"]),
         after_hours_target=row["after_hours_target"],
         after_hours_text=row["after_hours_text"],
+        missed_call_text=row["missed_call_text"],
+        missed_call_quiet_from=row["missed_call_quiet_from"],
+        missed_call_quiet_to=row["missed_call_quiet_to"],
+        missed_call_every_s=row["missed_call_every_s"],
     )
 
 

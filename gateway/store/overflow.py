@@ -61,3 +61,22 @@ async def text_back_sent(
         status,
         error,
     )
+
+
+async def claim_missed_call_text(conn: Conn, number: Number, caller: str) -> bool:
+    """R17: may ``caller`` get the missed-call text now? Not after a STOP, and
+    once per ``missed_call_every_s`` per number and caller; the claim is
+    atomic, so two missed calls at once send one text. One statement."""
+    claimed = await conn.fetchval(
+        "INSERT INTO missed_call_texts (number_id, caller, sent_at)"
+        " SELECT $2, $3::text, now() WHERE NOT EXISTS"
+        " (SELECT 1 FROM text_opt_outs WHERE account_id = $1 AND e164 = $3::text)"
+        " ON CONFLICT (number_id, caller) DO UPDATE SET sent_at = now()"
+        " WHERE missed_call_texts.sent_at < now() - make_interval(secs => $4)"
+        " RETURNING true",
+        number.account_id,
+        number.id,
+        caller,
+        float(number.missed_call_every_s),
+    )
+    return bool(claimed)

@@ -83,6 +83,18 @@ class PgSipStore:
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             await overflow.text_back_sent(conn, message_id, provider_id, status)
 
+    async def missed_call_text(self, number: Number, caller: str) -> None:
+        """One round trip for the claim, then :meth:`text_back`'s."""
+        assert number.missed_call_text is not None
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                if not await overflow.claim_missed_call_text(conn, number, caller):
+                    return
+        except DB_AWAY as exc:
+            log.warning("missed-call text to %s not sent: %s", caller, exc)
+            return
+        await self.text_back(number, caller, number.missed_call_text)
+
     async def accept_text(self, text: texts.InboundText) -> texts.Accepted:
         """A share of one batched statement and commit, with the webhooks'
         texts (see :class:`gateway.store.text_batch.TextBatcher`)."""

@@ -20,6 +20,7 @@ from gateway.domain.billing import billing_period, text_segments
 from gateway.domain.index import Index, Number
 from gateway.domain.notifications import r8_recipients, text_raises_r8
 from gateway.domain.routing import Decision, route
+from gateway.domain.text_back import opt_keyword
 from gateway.store import Conn
 from gateway.store.crm import (
     InboundEvent,
@@ -79,6 +80,7 @@ class TextRow:
     leads: tuple[int, ...]
     notify: tuple[int, ...]  # R8: users to notify of an unknown texter
     notify_admins: bool  # R8: ... or the account's owners and admins
+    opt: str | None = None  # R17: "out" (STOP) or "in" (START) for automated texts
 
 
 def row_for(number: Number, decision: Decision, text: InboundText) -> TextRow:
@@ -98,6 +100,7 @@ def row_for(number: Number, decision: Decision, text: InboundText) -> TextRow:
         leads=tuple(decision.timeline_leads),
         notify=notify or (),
         notify_admins=r8 and notify is None,
+        opt=opt_keyword(text.body),
     )
 
 
@@ -118,6 +121,19 @@ async def accept(conn: Conn, index: Index, text: InboundText) -> Accepted:
         found = await existing_ids(conn, [text])
         return Accepted(found[(text.provider, text.provider_message_id)], duplicate=True)
     return Accepted(ids[0], duplicate=False, recipients=row.recipients, reason=row.reason)
+
+
+async def record_opt(conn: Conn, account_id: int, e164: str, opt: str | None) -> None:
+    """R17: a STOP opts the sender out of the account's automated texts, a
+    START back in. One statement when ``opt`` is set, none otherwise."""
+    if opt == "out":
+        await conn.execute(
+            "INSERT INTO text_opt_outs (account_id, e164) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            account_id,
+            e164,
+        )
+    elif opt == "in":
+        await conn.execute("DELETE FROM text_opt_outs WHERE account_id = $1 AND e164 = $2", account_id, e164)
 
 
 async def write_rows(conn: Conn, rows: list[TextRow]) -> dict[int, int]:
@@ -184,6 +200,7 @@ async def _accept_round_robin(
             message_id=message_id,
         )
         await record_timeline(conn, event, decision)
+        await record_opt(conn, number.account_id, text.from_e164, opt_keyword(text.body))
         if text_raises_r8(decision, text.from_e164):
             await raise_unknown_caller_notifications(conn, event, decision)
         if handler is not None:
@@ -259,6 +276,8 @@ def _columns(batch: list[TextRow]) -> list[Any]:
         [i for i, _ in notify],
         [user for _, user in notify],
         [i for i, row in enumerate(batch) if row.notify_admins],
+        [i for i, row in enumerate(batch) if row.opt == "out"],
+        [i for i, row in enumerate(batch) if row.opt == "in"],
     ]
 
 
@@ -322,6 +341,13 @@ WITH input AS (
      ORDER BY c.ord
     ON CONFLICT DO NOTHING
     RETURNING id, user_id, number_id, channel, caller_e164, source, tag, created_at, account_id, message_id
+), opted_out AS (
+    INSERT INTO text_opt_outs (account_id, e164)
+    SELECT c.account_id, c.from_e164 FROM claimed c JOIN unnest($24::int[]) AS o(ord) ON o.ord = c.ord
+    ON CONFLICT DO NOTHING
+), opted_in AS (
+    DELETE FROM text_opt_outs t USING claimed c JOIN unnest($25::int[]) AS i(ord) ON i.ord = c.ord
+     WHERE t.account_id = c.account_id AND t.e164 = c.from_e164
 ), live AS (
     -- Each recipient's stream gets the text, then any notification it raised, in that order.
     INSERT INTO user_events (account_id, user_id, kind, payload)
