@@ -71,7 +71,10 @@ def test_call_plan_follows_the_strategy() -> None:
     (step,) = call_plan(index, d)
     assert [t.user_id for t in step.targets] == [1, 2, 3] and step.timeout_s == 12
     seq = call_plan(index, Decision("unknown_caller", "sequential", (3, 1), (), 5))
-    assert seq == (Step((Target(3, "sip:u3@127.0.0.1"),), 5.0), Step((Target(1, "sip:u1@127.0.0.1"),), 5.0))
+    assert seq == (
+        Step((Target(3, "sip:u3@127.0.0.1"),), 5.0, "route"),
+        Step((Target(1, "sip:u1@127.0.0.1"),), 5.0, "route"),
+    )
     assert len(call_plan(index, Decision("existing_lead", "single", (2,), (9,), 20))) == 1
     assert call_plan(index, Decision("unknown_caller", "single", (4,), (), 20)) == ()
 

@@ -11,11 +11,11 @@ order. Users with no call destination cannot be rung and are left out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from gateway.domain.index import Index, Number
-from gateway.domain.routing import Decision
+from gateway.domain.routing import Decision, unknown_route
 
 Disposition = Literal["answered", "busy_limit", "no_answer", "canceled", "rejected", "failed"]
 
@@ -30,6 +30,7 @@ class Target:
 class Step:
     targets: tuple[Target, ...]
     timeout_s: float
+    label: str = ""  # why this step rings (the call record's step log): agent, route, fallback
 
 
 OVERFLOW_RING_S = 60.0  # an answering service or another office gets a full minute
@@ -71,9 +72,33 @@ def after_hours_plan(number: Number, decision: Decision, index: Index) -> tuple[
     return call_plan(index, decision)
 
 
-def call_plan(index: Index, decision: Decision) -> tuple[Step, ...]:
+# Decisions that ring a lead's own agent (R1-R3) or a personal number's owner (R5).
+_OWN_AGENT = frozenset(("existing_lead", "duplicate_same_agent", "duplicate_most_recent", "personal_number"))
+
+
+def call_plan(index: Index, decision: Decision, number: Number | None = None) -> tuple[Step, ...]:
     """The hunt for ``decision`` (R4): who is rung together, in which order, and
-    for how long. Empty when nobody reachable remains (R6: answer 480)."""
+    for how long. Empty when nobody reachable remains (R6: answer 480).
+
+    With ``number``, one chain for every caller (issue 15, item 9; R18): a
+    lead's agent first, then, unanswered, the number's route (the
+    unknown-caller pool, without whoever already rang), then the number's
+    ``fallback_target``; an unknown caller's route, then the fallback."""
+    label = "agent" if decision.reason in _OWN_AGENT else "route"
+    steps = _steps(index, decision, label)
+    if number is None:
+        return steps
+    if decision.reason in _OWN_AGENT:
+        pool = unknown_route(index, number, decision.timeline_leads)
+        rung = set(decision.targets)
+        rest = replace(pool, targets=tuple(u for u in pool.targets if u not in rung))
+        steps += _steps(index, rest, "route")
+    if number.fallback_target:
+        steps += (Step((Target(None, number.fallback_target),), OVERFLOW_RING_S, "fallback"),)
+    return steps
+
+
+def _steps(index: Index, decision: Decision, label: str) -> tuple[Step, ...]:
     reachable = []
     for user_id in decision.targets:
         user = index.user(user_id)
@@ -83,10 +108,10 @@ def call_plan(index: Index, decision: Decision) -> tuple[Step, ...]:
         return ()
     timeout = float(decision.step_timeout_s)
     if decision.strategy == "ring_all":
-        return (Step(tuple(reachable), timeout),)
+        return (Step(tuple(reachable), timeout, label),)
     if decision.strategy == "single":
-        return (Step((reachable[0],), timeout),)
-    return tuple(Step((target,), timeout) for target in reachable)
+        return (Step((reachable[0],), timeout, label),)
+    return tuple(Step((target,), timeout, label) for target in reachable)
 
 
 def disposition(

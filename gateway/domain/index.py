@@ -77,6 +77,7 @@ class Number:
     missed_call_quiet_from: str = "21:00"
     missed_call_quiet_to: str = "08:00"
     missed_call_every_s: int = 86_400
+    fallback_target: str | None = None  # R18: the chain's last step, a sip: URI or an E.164
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,12 @@ def lead_rules(leads: tuple[LeadRef, ...]) -> tuple[tuple[int, ...], int | None,
     return (chosen.lead_id,), chosen.agent_id, "duplicate_most_recent"
 
 
+def unknown_route(index: Index, number: Number, timeline: tuple[int, ...]) -> Decision:
+    """R4's route for ``number`` whoever calls: the pool a lead's call falls
+    back to when its agent does not answer (R18)."""
+    return _unknown_route(index, number, "unknown_caller", timeline)
+
+
 def _after_hours(index: Index, number: Number, timeline: tuple[int, ...]) -> Decision:
     """R16: outside business hours every caller, lead or not, takes the
     after-hours route: its users at once (minus those who may not use the

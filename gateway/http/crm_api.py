@@ -4,6 +4,7 @@ account's resource answers 404 exactly like a missing one."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 from aiohttp import web
@@ -41,14 +42,18 @@ async def lead_timeline(request: web.Request) -> web.Response:
             is None
         ):
             return not_found("lead")
+        # A call's steps (R18) say who rang and why: "agent 20 s no answer; route answered".
         rows = await conn.fetch(
-            "SELECT id, channel, direction, number_id, agent_id, reason, disposition, duration_s,"
-            " message_id, call_record_id, occurred_at, ended_at FROM timeline_events"
-            " WHERE lead_id = $1 AND account_id = $2 ORDER BY occurred_at DESC, id DESC LIMIT 200",
+            "SELECT t.id, t.channel, t.direction, t.number_id, t.agent_id, t.reason, t.disposition,"
+            " t.duration_s, t.message_id, t.call_record_id, t.occurred_at, t.ended_at,"
+            " COALESCE(c.steps, '[]') AS steps"
+            " FROM timeline_events t LEFT JOIN call_records c ON c.id = t.call_record_id"
+            " WHERE t.lead_id = $1 AND t.account_id = $2 ORDER BY t.occurred_at DESC, t.id DESC LIMIT 200",
             lead_id,
             who.account_id,
         )
-    return web.json_response({"lead_id": lead_id, "events": [json_row(r) for r in rows]})
+    events = [{**json_row(r), "steps": json.loads(r["steps"])} for r in rows]
+    return web.json_response({"lead_id": lead_id, "events": events})
 
 
 @API.op(

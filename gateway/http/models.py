@@ -126,6 +126,9 @@ class NumberSettings(Strict):
         None, min_length=1, max_length=300, description="a sip: URI or an E.164"
     )
     after_hours_text: str | None = Field(None, min_length=1, max_length=640)
+    fallback_target: str | None = Field(
+        None, min_length=1, max_length=300, description="R18: rung last, after the agent and the route"
+    )
     missed_call_text: str | None = Field(
         None, min_length=1, max_length=640, description="R17: texted to unanswered callers; null: off"
     )

@@ -143,7 +143,7 @@ async def patch_number(request: web.Request) -> web.Response:
                 outside = office_route_problem(number, route_users, members)
                 if outside:
                     raise field_error("route_user_ids", outside)
-        for field in ("overflow_target", "after_hours_target"):
+        for field in ("overflow_target", "after_hours_target", "fallback_target"):
             if changes.get(field) is not None:
                 changes[field] = _dial_target(changes[field], field)
         if "business_hours" in changes:

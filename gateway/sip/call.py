@@ -80,6 +80,9 @@ class Outcome:
     answered_at: float | None = None
     ended_at: float | None = None
     disposition: Disposition = "no_answer"
+    # R18: the chain as it went, one entry per step rung: who, why, for how
+    # long, and how it ended ("rang the agent 20 s, no answer; rang the route; answered").
+    steps: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -168,6 +171,7 @@ class Call:
         self.final_reply: tuple[ServerTx, SipResponse] | None = None
         self._timers: list[Handle] = []
         self._step_timer: Handle | None = None
+        self._step_started = 0.0
         self._started = host.now()
         self._provisional_seen = False
         ist.call = self
@@ -206,12 +210,28 @@ class Call:
         caller.uses_update = _allows_update(inv)
         self.host.bind_dialog(caller.dialog.call_id, caller.tag, self, caller)
 
+    def _log_step(self, result: str) -> None:
+        """Close the step being rung in the outcome's step log."""
+        if self.outcome.steps and "result" not in self.outcome.steps[-1]:
+            entry = self.outcome.steps[-1]
+            entry["seconds"] = round(self.host.now() - self._step_started, 1)
+            entry["result"] = result
+
     def _next_step(self) -> None:
+        self._log_step("no_answer")
         self.step += 1
         if self.step >= len(self.plan):
             self._unanswered()
             return
         step = self.plan[self.step]
+        self.outcome.steps.append(
+            {
+                "label": step.label,
+                "users": [t.user_id for t in step.targets if t.user_id is not None],
+                "targets": [t.destination for t in step.targets if t.user_id is None],
+            }
+        )
+        self._step_started = self.host.now()
         self._step_timer = self.host.schedule(step.timeout_s, self._step_timed_out, self.step)
         for target in step.targets:
             self._ring(target)
@@ -349,6 +369,7 @@ class Call:
         # caller's answer comes in its ACK, which the agent's ACK must carry.
         self.outcome.answered_at = time.time()
         self.outcome.answered_by = leg.target.user_id
+        self._log_step("answered")
         host.metrics.setup_seconds.labels("answer").observe(host.now() - self._started)
         leg.session = session_timer.as_uac(resp, self.session_expires_s)
         self.caller.session = session_timer.as_uas(self.invite, self.session_expires_s)
@@ -678,6 +699,7 @@ class Call:
     def _end(self, disp: Disposition) -> None:
         if self.state is CallState.ENDED:
             return
+        self._log_step(disp)
         self.state = CallState.ENDED
         if self.slot is not None:
             self.slot.release()

@@ -85,7 +85,7 @@ def inbound_call(server: SipServer, rec: ServerTx) -> None:
         # database is asked for the shared turn (R4).
         server.scheduler.spawn(_rotate_then_ring(server, call, number, caller))
         return
-    call.start(call_plan(index, decision))
+    call.start(call_plan(index, decision, number))
 
 
 async def _rotate_then_ring(server: SipServer, call: Call, number: Number, caller: str | None) -> None:
@@ -96,7 +96,7 @@ async def _rotate_then_ring(server: SipServer, call: Call, number: Number, calle
     except Exception:
         decision = route(server.index(), number, caller)
     call.on_end = partial(server.finish_call, number, decision)
-    call.start(call_plan(server.index(), decision))
+    call.start(call_plan(server.index(), decision, number))
 
 
 def _busy(

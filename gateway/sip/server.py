@@ -367,6 +367,7 @@ class SipServer:
             targets_tried=tuple(o.targets_tried),
             answered_by=o.answered_by,
             answered_at=utc(o.answered_at) if o.answered_at is not None else None,
+            steps=tuple(o.steps),
         )
         self.recorder.add_call(record, call.send_final_reply)
         missed = o.direction == "inbound" and wants_missed_call_text(number, o.caller, o.disposition)

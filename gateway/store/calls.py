@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +43,7 @@ class CallRecord:
     targets_tried: tuple[int, ...] = ()
     answered_by: int | None = None
     answered_at: datetime | None = None
+    steps: tuple[dict[str, Any], ...] = ()  # R18: the chain as it went (see sip.call.Outcome)
 
 
 async def write_call(conn: Conn, rec: CallRecord) -> int | None:
@@ -55,8 +57,8 @@ async def _write_call(conn: Conn, rec: CallRecord) -> int | None:
     """:func:`write_call` inside the caller's transaction."""
     record_id: int | None = await conn.fetchval(
         "INSERT INTO call_records (account_id, number_id, sip_call_id, direction, caller_e164,"
-        " callee_e164, targets_tried, answered_by, invited_at, answered_at, ended_at, disposition)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " callee_e164, targets_tried, answered_by, invited_at, answered_at, ended_at, disposition, steps)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)"
         " ON CONFLICT (sip_call_id, direction) DO NOTHING RETURNING id",
         rec.number.account_id,
         rec.number.id,
@@ -70,6 +72,7 @@ async def _write_call(conn: Conn, rec: CallRecord) -> int | None:
         rec.answered_at,
         rec.ended_at,
         rec.disposition,
+        json.dumps(list(rec.steps)),
     )
     if record_id is None:
         return None
@@ -117,6 +120,7 @@ def call_to_json(rec: CallRecord) -> dict[str, Any]:
     data["number"] = _plain(rec.number)
     data["decision"] = None if rec.decision is None else _plain(rec.decision)
     data["targets_tried"] = list(rec.targets_tried)
+    data["steps"] = list(rec.steps)
     for key in ("invited_at", "ended_at", "answered_at"):
         value = data[key]
         data[key] = value.isoformat() if value is not None else None
@@ -137,6 +141,7 @@ def call_from_json(data: dict[str, Any]) -> CallRecord:
             "number": _number(number),
             "decision": None if decision is None else _decision(decision),
             "targets_tried": tuple(data["targets_tried"]),
+            "steps": tuple(data.get("steps", ())),
             "invited_at": datetime.fromisoformat(data["invited_at"]),
             "ended_at": datetime.fromisoformat(data["ended_at"]),
             "answered_at": datetime.fromisoformat(data["answered_at"]) if data["answered_at"] else None,

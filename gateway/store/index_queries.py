@@ -25,7 +25,7 @@ SELECT n.id, n.account_id, n.e164, n.kind, n.owner_user_id, n.office_id, n.unkno
        n.bridge, n.description, n.overflow, n.overflow_target, n.overflow_text,
        n.business_hours::text AS business_hours, n.after_hours, n.after_hours_user_ids, n.after_hours_target,
        n.after_hours_text, n.missed_call_text, n.missed_call_quiet_from, n.missed_call_quiet_to,
-       n.missed_call_every_s
+       n.missed_call_every_s, n.fallback_target
   FROM numbers n
 """
 
@@ -81,6 +81,7 @@ def number_from_row(row: asyncpg.Record) -> Number:
         missed_call_quiet_from=row["missed_call_quiet_from"],
         missed_call_quiet_to=row["missed_call_quiet_to"],
         missed_call_every_s=row["missed_call_every_s"],
+        fallback_target=row["fallback_target"],
     )
 
 
