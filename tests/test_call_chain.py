@@ -9,6 +9,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.domain.calls import Step, Target, call_plan
 from gateway.domain.index import Index, LeadRef, Number, User
@@ -78,3 +80,28 @@ async def test_the_agent_does_not_answer_the_route_does_and_the_timeline_says_so
         ("route", [pool_agent], "answered"),
     ]
     assert 0.5 <= steps[0]["seconds"] <= 3  # the step timeout, 1 s
+
+
+@given(
+    st.lists(st.integers(1, 8), unique=True, max_size=6),
+    st.integers(1, 8),
+    st.sampled_from(["user", "ring_all", "sequential", "round_robin"]),
+    st.booleans(),
+)
+def test_every_chain_rings_the_agent_first_nobody_twice_and_the_fallback_last(
+    pool: list[int], agent: int, strategy: str, fallback: bool
+) -> None:
+    index = Index()
+    for uid in range(1, 9):
+        index.put_user(User(uid, 1, "agent", "standard", frozenset(), f"sip:u{uid}@h", None))  # type: ignore[arg-type]
+    number = Number(
+        9, 1, NUMBER, "company", None, None, strategy, tuple(pool[:1] if strategy == "user" else pool), 7,
+        None, None, 50, "twilio", fallback_target="sip:vm@h" if fallback else None,
+    )  # fmt: skip
+    index.put_lead_phone(1, LEAD_PHONE, LeadRef(5, agent, datetime(2024, 1, 1, tzinfo=UTC)))
+    plan = call_plan(index, route(index, number, LEAD_PHONE), number)
+    rung = [t.user_id for step in plan for t in step.targets if t.user_id is not None]
+    assert plan[0].label == "agent" and [t.user_id for t in plan[0].targets] == [agent]
+    assert len(rung) == len(set(rung))  # nobody twice
+    assert set(rung) == {agent} | set(number.route_user_ids)
+    assert (plan[-1].label == "fallback") == fallback
