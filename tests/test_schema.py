@@ -33,6 +33,8 @@ EXPECTED_TABLES = {
     "text_codes",
     "number_inventory",
     "user_events",
+    "text_opt_outs",
+    "missed_call_texts",
     "schema_migrations",
 }
 
