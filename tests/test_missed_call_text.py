@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,40 +14,22 @@ import pytest
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
-from gateway.config import TwilioSettings
 from gateway.domain.hours import BusinessHours
 from gateway.domain.index import Number
 from gateway.domain.text_back import in_quiet_hours, opt_keyword, wants_missed_call_text
 from gateway.server import Gateway
 from gateway.store.api_keys import create_key
 from tests import factories
-from tests.conftest import sip_settings
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp
 from tests.test_crm import Api
+from tests.test_overflow import PUBLIC, overflow_gw
 from tests.test_sip_calls import NUMBER, company_number, phone, records, routable, sip_target
-from tests.test_texts_outbound import SID, TOKEN, FakeProviders, fake
+from tests.test_texts_outbound import TOKEN, FakeProviders, fake
 
-__all__ = ["fake"]
+__all__ = ["fake", "overflow_gw"]
 pytestmark = pytest.mark.timeout(120)
-PUBLIC = "https://gw.example.com"
 CALLER, QUITTER = "+15550166001", "+15550166002"
 MESSAGE = "Sorry we missed you! Reply here or we will call you back."
-
-
-@pytest.fixture
-async def text_back_gw(db_dsn: str, trunk_port: int, fake: FakeProviders) -> AsyncIterator[Gateway]:
-    s = sip_settings(db_dsn, trunk_port)
-    s = dataclasses.replace(
-        s,
-        http=dataclasses.replace(s.http, public_base_url=PUBLIC),
-        twilio=TwilioSettings(auth_token=TOKEN, account_sid=SID, api_base_url=fake.base),  # type: ignore[attr-defined]
-    )
-    gateway = Gateway(s)
-    await gateway.start()
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
 
 
 async def missed_call(gw: Gateway, tmp_path: Path, name: str, caller: str, agent_port: int) -> None:
@@ -86,13 +67,13 @@ async def sent_to(fake: FakeProviders, count: int) -> list[str]:
 
 
 async def test_a_missed_caller_is_texted_once_per_period_and_never_after_stop(
-    text_back_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path, fake: FakeProviders
+    overflow_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path, fake: FakeProviders
 ) -> None:
     acct = await factories.account(conn)
     agent_port = free_port(PHONE_IP)
     await phone(conn, acct.agent_id, agent_port)
     number_id = await company_number(conn, acct, [acct.agent_id], unknown_step_timeout_s=1)
-    owner = Api(text_back_gw, await create_key(conn, acct.id, acct.owner_id))
+    owner = Api(overflow_gw, await create_key(conn, acct.id, acct.owner_id))
     settings = {
         "missed_call_text": MESSAGE,
         "missed_call_quiet_from": "00:00",
@@ -100,23 +81,23 @@ async def test_a_missed_caller_is_texted_once_per_period_and_never_after_stop(
     }
     status, body = await owner.call("PATCH", f"/v1/numbers/{number_id}", json=settings)
     assert status == 200 and body["missed_call_text"] == MESSAGE, body
-    await routable(text_back_gw, number_id, acct.agent_id)
-    assert text_back_gw.keeper is not None
-    await text_back_gw.keeper.wait_until(lambda index: index.number(NUMBER).missed_call_text == MESSAGE)  # type: ignore[union-attr]
+    await routable(overflow_gw, number_id, acct.agent_id)
+    assert overflow_gw.keeper is not None
+    await overflow_gw.keeper.wait_until(lambda index: index.number(NUMBER).missed_call_text == MESSAGE)  # type: ignore[union-attr]
 
-    await missed_call(text_back_gw, tmp_path, "first", CALLER, agent_port)
+    await missed_call(overflow_gw, tmp_path, "first", CALLER, agent_port)
     assert await sent_to(fake, 1) == [CALLER]
     assert (fake.calls[0]["From"], fake.calls[0]["Body"]) == (NUMBER, MESSAGE)
-    await missed_call(text_back_gw, tmp_path, "again", CALLER, agent_port)
+    await missed_call(overflow_gw, tmp_path, "again", CALLER, agent_port)
     assert await sent_to(fake, 2) == [CALLER]  # once per period (a day by default)
 
-    assert await text_in(text_back_gw, "stop-1", QUITTER, "Stop") == 200
-    await missed_call(text_back_gw, tmp_path, "quitter", QUITTER, agent_port)
+    assert await text_in(overflow_gw, "stop-1", QUITTER, "Stop") == 200
+    await missed_call(overflow_gw, tmp_path, "quitter", QUITTER, agent_port)
     assert await sent_to(fake, 2) == [CALLER]  # opted out: no text
-    assert await text_in(text_back_gw, "start-1", QUITTER, "START") == 200
-    await missed_call(text_back_gw, tmp_path, "back", QUITTER, agent_port)
+    assert await text_in(overflow_gw, "start-1", QUITTER, "START") == 200
+    await missed_call(overflow_gw, tmp_path, "back", QUITTER, agent_port)
     assert await sent_to(fake, 2) == [CALLER, QUITTER]  # opted back in
-    assert [r["disposition"] for r in await records(text_back_gw, conn)] == ["no_answer"] * 4
+    assert [r["disposition"] for r in await records(overflow_gw, conn)] == ["no_answer"] * 4
     texts_back = await conn.fetch(
         "SELECT to_e164, sent_by FROM messages WHERE direction = 'outbound' ORDER BY id"
     )

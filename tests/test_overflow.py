@@ -30,11 +30,17 @@ pytestmark = pytest.mark.timeout(120)
 CALLER = "+15550155555"
 
 
+PUBLIC = "https://gw.example.com"
+
+
 @pytest.fixture
 async def overflow_gw(db_dsn: str, trunk_port: int, fake: FakeProviders) -> AsyncIterator[Gateway]:
+    """A SIP gateway whose texts (text-backs) go to the local Twilio stand-in
+    and whose webhooks are signed for PUBLIC."""
     s = sip_settings(db_dsn, trunk_port)
     s = dataclasses.replace(
         s,
+        http=dataclasses.replace(s.http, public_base_url=PUBLIC),
         twilio=TwilioSettings(auth_token=TOKEN, account_sid=SID, api_base_url=fake.base),  # type: ignore[attr-defined]
     )
     gateway = Gateway(s)
