@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from abc import ABC, abstractmethod
 import time
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
@@ -49,7 +50,7 @@ Row = TypeVar("Row", bound=Waiting)
 Key = TypeVar("Key", bound=Hashable)
 
 
-class GroupCommit(Generic[Key, Row]):
+class GroupCommit(ABC, Generic[Key, Row]):
     """The pending set and its writers (see the module doc)."""
 
     def __init__(
@@ -91,9 +92,9 @@ class GroupCommit(Generic[Key, Row]):
             self._writers.add(asyncio.get_running_loop().create_task(self._write_all()))
         return row, waiter
 
+    @abstractmethod
     async def _write(self, conn: Conn, batch: list[Row]) -> None:
         """Write ``batch`` and answer its waiters; raise when the database is away."""
-        raise NotImplementedError
 
     async def _write_all(self) -> None:
         try:
