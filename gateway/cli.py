@@ -21,7 +21,7 @@ from gateway.config import ConfigError, Settings, load_settings
 from gateway.domain.phone import to_e164
 from gateway.store.api_keys import create_account
 from gateway.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from gateway.store.migrations import migrate
+from gateway.store.migrations import MigrationChanged, migrate
 from gateway.store.purchases import add_to_inventory
 
 EXIT_CONFIG = 2
@@ -83,6 +83,9 @@ def _run(entry: Callable[[], Awaitable[int]]) -> int:
         return int(uvloop.run(wrapped()))
     except EmbeddedPostgresError as exc:
         print(f"gateway: embedded database: {exc}", file=sys.stderr)
+    except MigrationChanged as exc:
+        print(f"gateway: database.migrations: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         print(f"gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

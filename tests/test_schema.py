@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gateway.store.migrations import available, migrate
+from gateway.store.migrations import MigrationChanged, available, migrate
 from tests import factories
 
 EXPECTED_TABLES = {
@@ -77,6 +77,36 @@ def test_gateway_migrate_command_is_idempotent(empty_dsn: str, tmp_path: Path) -
     second = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "schema up to date"
+
+
+async def test_an_applied_migration_that_changed_refuses_to_start(empty_dsn: str, tmp_path: Path) -> None:
+    """Issue 17, item 10: the checksum of each applied migration is recorded;
+    a database built from other SQL (here: the record says so) makes
+    `gateway migrate` and `serve` exit 2 with the file named, and a row from
+    before checksums takes the file's on first sight."""
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await migrate(conn)
+        first = available()[0]
+        assert (
+            await conn.fetchval("SELECT checksum FROM schema_migrations WHERE version = 1") == first.checksum
+        )
+        await conn.execute("UPDATE schema_migrations SET checksum = NULL WHERE version = 2")
+        assert await migrate(conn) == []
+        assert await conn.fetchval("SELECT checksum FROM schema_migrations WHERE version = 2") is not None
+        await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+        with pytest.raises(MigrationChanged, match="0001_"):
+            await migrate(conn)
+    finally:
+        await conn.close()
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_DATABASE_URL": empty_dsn}
+    for command in ("migrate", "serve"):
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "database.migrations: migration 0001_" in done.stderr
 
 
 async def _rejects(
