@@ -277,3 +277,21 @@ async def test_database_stopped_mid_batch_acknowledges_only_what_is_stored(
         assert {charged[sid] for sid in acknowledged} == {1}  # and charged once
     finally:
         await gw.close()
+
+
+async def test_the_outbox_starts_whatever_a_crash_left_in_its_files(tmp_path: Path) -> None:
+    """Issue 17, item 9: a damaged line is skipped (and counted), a torn last
+    line is ignored, and the offset is replaced atomically (no .tmp left)."""
+    from gateway.store.outbox import Outbox
+
+    outbox_dir = tmp_path / "outbox"
+    outbox_dir.mkdir()
+    good = b'{"kind": "call", "payload": {}}\n'
+    (outbox_dir / "outbox.jsonl").write_bytes(good + b"{not json\n" + good + b'{"kind": "ca')
+    (outbox_dir / "outbox.offset").write_text("0")
+    outbox = Outbox(None, outbox_dir, lambda: None)  # type: ignore[arg-type]
+    entries = outbox._read_pending()
+    assert len(entries) == 2 and outbox.refused == 1
+    outbox._write_offset(entries[-1].end)
+    assert int((outbox_dir / "outbox.offset").read_text()) == entries[-1].end
+    assert sorted(p.name for p in outbox_dir.iterdir()) == ["outbox.jsonl", "outbox.offset"]

@@ -117,7 +117,7 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._unwritten:  # last chance to make them durable
-            await asyncio.to_thread(self._append, self._unwritten)
+            await self._append_on_disk(self._unwritten)
         if self._queue:
             log.warning("outbox: %d entries left for the next start to replay", len(self._queue))
 
@@ -183,7 +183,7 @@ class Outbox:
             for _ in batch:
                 self._queue.popleft()
             self.applied += len(batch)
-            await asyncio.to_thread(self._offset_file.write_text, str(batch[-1].end))
+            await asyncio.to_thread(self._write_offset, batch[-1].end)
 
     def _head_durable(self) -> bool:
         return bool(self._queue) and self._queue[0].end >= 0
@@ -194,7 +194,7 @@ class Outbox:
         entries, self._unwritten = self._unwritten, []
         try:
             async with self._file_lock:
-                await asyncio.to_thread(self._append, entries)
+                await self._append_on_disk(entries)
         except OSError as exc:
             log.error("outbox: cannot write %s: %s", self._file, exc)
             for entry in entries:
@@ -244,14 +244,41 @@ class Outbox:
 
     # -- the file ------------------------------------------------------------------------
 
-    def _append(self, entries: list[_Entry]) -> None:
+    async def _append_on_disk(self, entries: list[_Entry]) -> None:
+        """Append and fsync in a worker thread; the entries' offsets and the
+        file size are set back here, on the loop's thread, which reads them."""
+        ends = await asyncio.to_thread(self._append, [(e.kind, e.payload) for e in entries])
+        for entry, end in zip(entries, ends, strict=True):
+            entry.end = end
+        self._size = ends[-1]
+
+    def _append(self, rows: list[tuple[str, dict[str, Any]]]) -> list[int]:
+        ends = []
         with self._file.open("ab") as f:
-            for entry in entries:
-                f.write(json.dumps({"kind": entry.kind, "payload": entry.payload}).encode() + b"\n")
-                entry.end = f.tell()
+            for kind, payload in rows:
+                f.write(json.dumps({"kind": kind, "payload": payload}).encode() + b"\n")
+                ends.append(f.tell())
             f.flush()
             os.fsync(f.fileno())
-        self._size = entries[-1].end
+        return ends
+
+    def _write_offset(self, offset: int) -> None:
+        """Replace ``outbox.offset`` atomically (temp file, fsync, rename, fsync
+        the directory): a crash leaves the old offset or the new, never a
+        truncated number that would start the replay mid-line."""
+        temporary = self._offset_file.with_suffix(".offset.tmp")
+        fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, str(offset).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self._offset_file)
+        directory = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def _read_pending(self) -> list[_Entry]:
         if not self._file.exists():
@@ -266,8 +293,14 @@ class Outbox:
             for line in f:
                 if not line.endswith(b"\n"):
                     break  # torn by a crash mid-append: never acknowledged
-                row = json.loads(line)
-                entries.append(_Entry(row["kind"], row["payload"], end=f.tell()))
+                try:
+                    row = json.loads(line)
+                    entry = _Entry(row["kind"], row["payload"], end=f.tell())
+                except (ValueError, KeyError, TypeError) as exc:  # damaged on disk: skip it, start anyway
+                    self.refused += 1
+                    log.error("outbox: unreadable entry at byte %d skipped: %s", f.tell() - len(line), exc)
+                    continue
+                entries.append(entry)
         self._size = self._file.stat().st_size
         return entries
 
@@ -276,6 +309,7 @@ class Outbox:
         async with self._file_lock:
             if self._size >= COMPACT_BYTES and not self._queue:
                 await asyncio.to_thread(self._reset)
+                self._size = 0  # on the loop's thread, which reads it
 
     def _private(self) -> None:
         """The outbox holds callers' numbers and text bodies: the directory is
@@ -290,5 +324,4 @@ class Outbox:
     def _reset(self) -> None:
         with self._file.open("wb") as f:
             os.fsync(f.fileno())
-        self._offset_file.write_text("0")
-        self._size = 0
+        self._write_offset(0)
