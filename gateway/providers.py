@@ -57,6 +57,11 @@ class Providers:
         if self._session is not None:
             await self._session.close()
 
+    def status_url(self, provider: str) -> str:
+        """Where ``provider`` reports delivery statuses of what we send."""
+        path = "/v1/webhooks/twilio/status" if provider == "twilio" else "/v1/webhooks/telnyx/messages"
+        return self._settings.http.public_base_url.rstrip("/") + path
+
     async def send(self, provider: str, from_e164: str, to_e164: str, body: str, status_url: str) -> Sent:
         """Send one text; at most ``outbound.max_attempts`` requests."""
         if provider == "twilio":

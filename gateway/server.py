@@ -155,9 +155,7 @@ class Gateway:
     async def _send_text(self, provider: str, sender: str, to: str, body: str) -> tuple[str, str]:
         """A system text (the over-limit text-back) through the number's
         provider, with the usual delivery status callback."""
-        path = "/v1/webhooks/twilio/status" if provider == "twilio" else "/v1/webhooks/telnyx/messages"
-        status_url = self.settings.http.public_base_url.rstrip("/") + path
-        sent = await self.providers.send(provider, sender, to, body, status_url)
+        sent = await self.providers.send(provider, sender, to, body, self.providers.status_url(provider))
         return sent.provider_message_id, sent.status
 
     async def stop(self) -> None:

@@ -33,12 +33,10 @@ def may_edit_number(editor: User, number: Number) -> str | None:
     return refused
 
 
-def office_route_problem(
-    number: Number, route_user_ids: Iterable[int], office_members: set[int]
-) -> str | None:
+def office_route_problem(kind: str, route_user_ids: Iterable[int], office_members: set[int]) -> str | None:
     """Issue 15, item 5: an office number's unknown-caller route rings only
-    users of that office."""
-    if number.kind != "office":
+    users of that office (checked on PATCH and at purchase)."""
+    if kind != "office":
         return None
     outsiders = [user for user in route_user_ids if user not in office_members]
     if not outsiders:

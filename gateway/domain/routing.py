@@ -118,18 +118,23 @@ def _after_hours(index: Index, number: Number, timeline: tuple[int, ...]) -> Dec
     number, R6), or nobody for a forward or text-back (the call layer acts)."""
     if number.after_hours != "users":
         return Decision("after_hours", "single", (), timeline, number.step_timeout_s)
-    configured = number.after_hours_user_ids
-    eligible = tuple(u for u in configured if can_use(index.user(u), number))
-    skipped = tuple(u for u in configured if u not in eligible)
+    eligible, skipped = _eligible(index, number, number.after_hours_user_ids)
     return Decision("after_hours", "ring_all", eligible, timeline, number.step_timeout_s, skipped)
 
 
 def _unknown_route(index: Index, number: Number, reason: Reason, timeline: tuple[int, ...]) -> Decision:
     """R4: the number's unknown-caller route, minus users who may not use it (R6)."""
     configured = number.route_user_ids[:1] if number.unknown_route == "user" else number.route_user_ids
-    eligible = tuple(u for u in configured if can_use(index.user(u), number))
-    skipped = tuple(u for u in configured if u not in eligible)
+    eligible, skipped = _eligible(index, number, configured)
     strategy: Strategy = "single" if number.unknown_route == "user" else number.unknown_route
     if not eligible:
         return Decision("no_target", strategy, (), timeline, number.step_timeout_s, skipped)
     return Decision(reason, strategy, eligible, timeline, number.step_timeout_s, skipped)
+
+
+def _eligible(
+    index: Index, number: Number, users: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """R6: (the users who may use the number, in order; those passed over)."""
+    eligible = tuple(u for u in users if can_use(index.user(u), number))
+    return eligible, tuple(u for u in users if u not in eligible)

@@ -26,18 +26,13 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, json_row
 from gateway.http.routes import API
 from gateway.http.validation import field_error
-from gateway.http.webhooks import INDEX, PUBLIC_BASE_URL
+from gateway.http.webhooks import INDEX
 from gateway.providers import Providers, SendFailed, Sent
 from gateway.store import outbound
 from gateway.store.crm import may_use
 from gateway.store.index_queries import fetch_account_numbers, fetch_user
 
 PROVIDERS: web.AppKey[Providers] = web.AppKey("providers", Providers)
-
-
-def _status_url(request: web.Request, provider: str) -> str:
-    path = "/v1/webhooks/twilio/status" if provider == "twilio" else "/v1/webhooks/telnyx/messages"
-    return request.app[PUBLIC_BASE_URL].rstrip("/") + path
 
 
 @API.op(
@@ -98,7 +93,7 @@ async def send_message(request: web.Request) -> web.Response:
     failure: SendFailed | None = None
     try:
         sent = await request.app[PROVIDERS].send(
-            number.provider, number.e164, to, message.body, _status_url(request, number.provider)
+            number.provider, number.e164, to, message.body, request.app[PROVIDERS].status_url(number.provider)
         )
     except SendFailed as exc:
         failure = exc

@@ -140,7 +140,7 @@ async def patch_number(request: web.Request) -> web.Response:
                 return forbidden(refused)
             if route_users is not None and number.office_id is not None:
                 members = await fetch_office_members(conn, who.account_id, number.office_id)
-                outside = office_route_problem(number, route_users, members)
+                outside = office_route_problem(number.kind, route_users, members)
                 if outside:
                     raise field_error("route_user_ids", outside)
         for field in ("overflow_target", "after_hours_target", "fallback_target"):
@@ -357,12 +357,10 @@ async def _purchase_setup(
     unknown_route = order.unknown_route or default.unknown_route
     if unknown_route == "user" and len(route_users) > 1:
         raise field_error("route_user_ids", "the user route rings exactly one user")
-    if order.kind == "office" and order.route_user_ids is not None:
-        outside = [user for user in route_users if user not in members]
-        if outside:
-            raise field_error(
-                "route_user_ids", f"an office number rings only users of its office; {outside} are not"
-            )
+    if order.route_user_ids is not None and (
+        outside := office_route_problem(order.kind, route_users, members)
+    ):
+        raise field_error("route_user_ids", outside)
     return UnknownCallerSetup(unknown_route, route_users, order.source or default.source)
 
 
