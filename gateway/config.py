@@ -79,6 +79,17 @@ class TextsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Several gateways on one database (issue 14)."""
+
+    slots: Literal["local", "postgres"] = "local"
+    instance_id: str = ""
+    lease_s: float = 5.0
+    heartbeat_s: float = 1.0
+    admit_timeout_s: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxSettings:
     dir: str = "var/outbox"
 
@@ -138,6 +149,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     texts: TextsSettings = field(default_factory=TextsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
@@ -291,6 +303,9 @@ def _validate(s: Settings) -> None:
         "texts.max_pending": s.texts.max_pending,
         "texts.writers": s.texts.writers,
         "texts.shed_at_loop_lag_s": s.texts.shed_at_loop_lag_s,
+        "cluster.lease_s": s.cluster.lease_s,
+        "cluster.heartbeat_s": s.cluster.heartbeat_s,
+        "cluster.admit_timeout_s": s.cluster.admit_timeout_s,
     }
     for key, number in positive.items():
         if number <= 0:
@@ -299,6 +314,14 @@ def _validate(s: Settings) -> None:
         raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
     if s.texts.writers >= s.database.pool_max_size:
         raise ConfigError("texts.writers", "must leave database.pool_max_size connections for the API")
+    if s.cluster.heartbeat_s * 2 > s.cluster.lease_s:
+        raise ConfigError("cluster.heartbeat_s", "must be at most half of cluster.lease_s")
+    if len(s.cluster.instance_id) > 100:
+        raise ConfigError("cluster.instance_id", "must be at most 100 characters")
+    if s.cluster.slots == "postgres" and not s.sip.nonce_secret:
+        raise ConfigError(
+            "sip.nonce_secret", "must be set, the same on every gateway, when cluster.slots = postgres"
+        )
     if s.shutdown.grace_period_s < 0:
         raise ConfigError("shutdown.grace_period_s", "must be 0 or more")
     try:

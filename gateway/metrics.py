@@ -85,6 +85,20 @@ class Metrics:
         self.loop_lag = Gauge(
             "gateway_event_loop_lag_seconds", "How late the event loop runs a 20 ms timer", registry=r
         )
+        self.call_slots_degraded = Gauge(
+            "gateway_call_slots_degraded",
+            "1 while R7 is decided from this gateway's share instead of the cluster counter",
+            registry=r,
+        )
+        self.cluster_live_instances = Gauge(
+            "gateway_cluster_live_instances", "Gateways with a live lease at the last heartbeat", registry=r
+        )
+        self.call_admissions = Counter(
+            "gateway_call_admissions",
+            "R7 admissions decided, by counter (cluster or degraded) and result",
+            ["mode", "result"],
+            registry=r,
+        )
         self.webhooks_rejected = Counter(
             "gateway_webhooks_rejected",
             "Webhook requests refused before reading them (bad signature, not configured)",
@@ -99,6 +113,14 @@ class Metrics:
     def observe_text_batch(self, size: int, seconds: float) -> None:
         self.text_batch_size.observe(size)
         self.text_batch_seconds.observe(seconds)
+
+    def watch_cluster(self, degraded: Callable[[], float], live: Callable[[], float]) -> None:
+        """The cluster R7 counter's state (issue 14)."""
+        self.call_slots_degraded.set_function(degraded)
+        self.cluster_live_instances.set_function(live)
+
+    def count_admission(self, mode: str, admitted: bool) -> None:
+        self.call_admissions.labels(mode, "admitted" if admitted else "refused").inc()
 
     def watch_text_queue(self, depth: Callable[[], float]) -> None:
         self.text_queue_depth.set_function(depth)

@@ -27,6 +27,7 @@ from gateway.providers import Providers
 from gateway.sip.metrics import SipMetrics
 from gateway.sip.service import SipService
 from gateway.store import demo
+from gateway.store.cluster_slots import ClusterSlots, new_instance_id
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.events import EventHub
 from gateway.store.index_keeper import IndexKeeper
@@ -54,7 +55,7 @@ class Gateway:
         self.providers = Providers(settings)
         self.event_hub: EventHub | None = None
         self.http_port: int | None = None
-        self.slots = CallSlots()
+        self.slots: CallSlots | ClusterSlots = CallSlots()
         self.recorder: Outbox | None = None
         self.sip: SipService | None = None
         self.loop_lag: LoopLag | None = None
@@ -139,6 +140,8 @@ class Gateway:
         await site.start()
         self.http_port = self._bound_port()
         log.info("HTTP listening on %s:%s", self.settings.http.host, self.http_port)
+        if self.settings.cluster.slots == "postgres":
+            self.slots = await self._cluster_slots(pool)
         self.sip = SipService(
             self.settings.sip,
             lambda: keeper.index,
@@ -152,6 +155,25 @@ class Gateway:
         await self.sip.start()
         log.info("SIP listening on %s:%s (UDP and TCP)", self.settings.sip.host, self.sip.port)
 
+    async def _cluster_slots(self, pool: asyncpg.Pool) -> ClusterSlots:
+        c = self.settings.cluster
+        s = self.settings.sip
+        slots = ClusterSlots(
+            pool,
+            instance_id=c.instance_id or new_instance_id(),
+            sip_address=f"{s.advertised_host or s.host}:{s.port}",
+            lease_s=c.lease_s,
+            heartbeat_s=c.heartbeat_s,
+            admit_timeout_s=c.admit_timeout_s,
+            on_admission=self.metrics.count_admission,
+        )
+        await slots.start()
+        self.metrics.watch_cluster(
+            lambda: float(slots.state()["mode"] == "degraded"), lambda: slots.live_instances
+        )
+        log.info("call slots on the cluster counter as %s (%s)", slots.instance_id, slots.mode)
+        return slots
+
     async def _send_text(self, provider: str, sender: str, to: str, body: str) -> tuple[str, str]:
         """A system text (the over-limit text-back) through the number's
         provider, with the usual delivery status callback."""
@@ -164,6 +186,8 @@ class Gateway:
         if self.sip is not None:
             await self.sip.stop(grace)  # new INVITEs get 503; calls in progress may finish
             self.sip = None
+        if isinstance(self.slots, ClusterSlots):
+            await self.slots.stop()  # our slots leave the cluster counter now, not at lease expiry
         if self.recorder is not None:
             await self.recorder.stop(grace)
             self.recorder = None
@@ -204,6 +228,7 @@ class Gateway:
                 "index_numbers": size.numbers,
                 "outbox_backlog": self.recorder.backlog() if self.recorder is not None else 0,
                 "active_calls": self.slots.total(),
+                "call_slots": self.slots.state(),
             }
         if self.pool is None or keeper is None:
             return False, {**detail, "reason": "starting"}

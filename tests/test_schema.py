@@ -25,6 +25,8 @@ EXPECTED_TABLES = {
     "timeline_events",
     "notifications",
     "usage_ledger",
+    "call_slots",
+    "gateway_instances",
     "call_records",
     "messages",
     "charges",

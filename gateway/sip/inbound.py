@@ -4,9 +4,11 @@ slot, the routing decision (R1-R6) and the B2BUA call that rings the agents."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from gateway.domain.call_slots import Slot
 from gateway.domain.calls import (
     AFTER_HOURS_TEXT,
     after_hours_plan,
@@ -45,7 +47,47 @@ def inbound_call(server: SipServer, rec: ServerTx) -> None:
     )
     invited_at = time.time()
     decision = route(index, number, caller, call_at=utc(invited_at))
-    slot = server.slots.take(number.id, number.max_concurrent_calls)
+    call_id = req.headers.get_first("call-id") or ""
+    taken = server.slots.take(number.id, number.max_concurrent_calls, call_id)
+    if taken is None or isinstance(taken, Slot):
+        _admitted(server, rec, number, caller, invited_at, decision, taken)
+    else:  # the cluster counter answers after a round trip (issue 14)
+        server.scheduler.spawn(_admit_then_ring(server, rec, number, caller, invited_at, decision, taken))
+
+
+async def _admit_then_ring(
+    server: SipServer,
+    rec: ServerTx,
+    number: Number,
+    caller: str | None,
+    invited_at: float,
+    decision: Decision,
+    taken: Awaitable[Slot | None],
+) -> None:
+    """R7 on the cluster counter. Meanwhile the INVITE's transaction absorbs
+    retransmissions, and a CANCEL answers it 487 (so a slot taken for a call
+    that is gone goes straight back)."""
+    slot = await taken
+    if not rec.pending:
+        if slot is not None:
+            slot.release()
+        return
+    _admitted(server, rec, number, caller, invited_at, decision, slot)
+
+
+def _admitted(
+    server: SipServer,
+    rec: ServerTx,
+    number: Number,
+    caller: str | None,
+    invited_at: float,
+    decision: Decision,
+    slot: Slot | None,
+) -> None:
+    """Ring the call that holds ``slot``; past the limit (no slot), what the
+    number's overflow setting says (R15)."""
+    req = rec.request
+    index = server.index()
     if slot is None:  # R7, and what the caller past it gets (issue 15, item 8)
         action = over_limit_action(number, caller)
         server.metrics.count_limit_rejection(number.id)

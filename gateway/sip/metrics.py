@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.domain.call_slots import CallSlots
+from gateway.sip.ports import CallAdmission
 
 KNOWN_METHODS = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "UPDATE", "INFO", "PRACK", "REGISTER")
@@ -22,7 +22,7 @@ KNOWN_METHODS = frozenset(
 
 
 class _BusiestNumbers(Collector):
-    def __init__(self, slots: CallSlots, limit: int) -> None:
+    def __init__(self, slots: CallAdmission, limit: int) -> None:
         self._slots = slots
         self._limit = limit
 
@@ -40,7 +40,7 @@ class _BusiestNumbers(Collector):
 class SipMetrics:
     """Counters and histograms of the SIP front end. Updating one costs a lock and an add."""
 
-    def __init__(self, registry: CollectorRegistry, slots: CallSlots, per_number_limit: int) -> None:
+    def __init__(self, registry: CollectorRegistry, slots: CallAdmission, per_number_limit: int) -> None:
         r = registry
         self._per_number_limit = per_number_limit
         self._labelled_numbers: set[int] = set()

@@ -4,9 +4,11 @@ holds no SQL and no pool. Each call is one round trip."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.domain.call_slots import Slot
 from gateway.domain.index import Number
 from gateway.domain.routing import Decision
 from gateway.sip.digest import StoredKeys
@@ -52,3 +54,22 @@ class SipStore(Protocol):
     async def missed_call_text(self, number: Number, caller: str) -> None:
         """R17: the number's missed-call text to ``caller``, unless they opted
         out or had one within the number's period."""
+
+
+class CallAdmission(Protocol):
+    """R7's counter of inbound calls in progress: in this process
+    (:class:`gateway.domain.call_slots.CallSlots`) or across every gateway on
+    the database (:class:`gateway.store.cluster_slots.ClusterSlots`)."""
+
+    def take(self, number_id: int, limit: int, call_id: str) -> Slot | Awaitable[Slot | None] | None:
+        """A slot, None (the number is at its limit), or, when the answer
+        needs a round trip, an awaitable of one of those."""
+
+    def active(self, number_id: int) -> int:
+        """Calls to the number this gateway holds."""
+
+    def total(self) -> int:
+        """Calls this gateway holds."""
+
+    def busiest(self, count: int) -> list[tuple[int, int]]:
+        """This gateway's ``count`` busiest numbers and their calls."""

@@ -31,7 +31,6 @@ from aiosipua import SipRequest, SipResponse
 from prometheus_client import Counter
 
 from gateway.config import SipSettings, host_port, trunk_networks
-from gateway.domain.call_slots import CallSlots
 from gateway.domain.index import Index, Number
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.domain.routing import Decision
@@ -43,7 +42,7 @@ from gateway.sip.digest import DigestAuthority, parse_algorithms
 from gateway.sip.inbound import inbound_call
 from gateway.sip.metrics import SipMetrics
 from gateway.sip.outbound import outbound_call
-from gateway.sip.ports import SipStore
+from gateway.sip.ports import CallAdmission, SipStore
 from gateway.sip.scheduler import Handle, Scheduler
 from gateway.sip.texts import receive_text
 from gateway.sip.transport import Peer
@@ -128,7 +127,7 @@ class SipServer:
         index: Callable[[], Index],
         store: SipStore,
         metrics: SipMetrics,
-        slots: CallSlots,
+        slots: CallAdmission,
         recorder: Outbox,
         texts_received: Counter,
         limiter: FailureLimiter,

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from prometheus_client import Counter
 
 from gateway.config import SipSettings
-from gateway.domain.call_slots import CallSlots
 from gateway.domain.index import Index
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.sip.metrics import SipMetrics
-from gateway.sip.ports import SipStore
+from gateway.sip.ports import CallAdmission, SipStore
 from gateway.sip.scheduler import LoopScheduler
 from gateway.sip.server import SipServer
 from gateway.sip.transport import SipTransports
@@ -31,7 +30,7 @@ class SipService:
         index: Callable[[], Index],
         store: SipStore,
         metrics: SipMetrics,
-        slots: CallSlots,
+        slots: CallAdmission,
         recorder: Outbox,
         texts_received: Counter,
         limiter: FailureLimiter,
