@@ -153,6 +153,8 @@ class Gateway:
             FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
         )
         await self.sip.start()
+        if isinstance(self.slots, ClusterSlots):
+            self.slots.sip_address = self.sip.core.via_host  # where the cluster's operators find us
         log.info("SIP listening on %s:%s (UDP and TCP)", self.settings.sip.host, self.sip.port)
 
     async def _cluster_slots(self, pool: asyncpg.Pool) -> ClusterSlots:

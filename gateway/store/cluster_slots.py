@@ -127,8 +127,9 @@ class ClusterSlots:
         # Slot ids grow for the life of the instance id, across restarts too
         # (microseconds since the epoch at start): a reconciliation deletes
         # only ids it had seen allocated, never one admitted while it ran.
-        self._ids = itertools.count(time.time_ns() // 1000)
-        self._last_id = 0
+        first_id = time.time_ns() // 1000
+        self._ids = itertools.count(first_id)
+        self._last_id = first_id - 1  # so the first reconciliation drops a previous life's rows
         self._admissions = _Admissions(self, pool, acquire_timeout_s=admit_timeout_s)
         self.mode: Mode = "degraded"
         self.reason = "not registered yet"
