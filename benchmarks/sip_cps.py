@@ -85,16 +85,21 @@ async def seed(dsn: str, agent_port: int, work: Path) -> Path:
     return inf
 
 
-async def start_gateway(dsn: str, port: int, work: Path) -> asyncio.subprocess.Process:
+async def start_gateway(
+    dsn: str, port: int, work: Path, host: str = "127.0.0.1", **extra: str
+) -> asyncio.subprocess.Process:
+    """``gateway serve`` on ``host:port``; ``extra`` are more GATEWAY_ settings."""
     env = {
         **os.environ,
         "GATEWAY_DATABASE_URL": dsn,
-        "GATEWAY_SIP_HOST": "127.0.0.1",
+        "GATEWAY_SIP_HOST": host,
         "GATEWAY_SIP_PORT": str(port),
         "GATEWAY_SIP_TRUNK_CIDRS": f"{CARRIER_IP}/32",
         "GATEWAY_HTTP_HOST": "127.0.0.1",
         "GATEWAY_HTTP_PORT": "0",
         "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_OUTBOX_DIR": str(work / f"outbox-{host}-{port}"),
+        **extra,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -103,12 +108,12 @@ async def start_gateway(dsn: str, port: int, work: Path) -> asyncio.subprocess.P
         "serve",
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=open(work / "gateway.log", "wb"),  # noqa: SIM115
+        stderr=open(work / f"gateway-{host}-{port}.log", "wb"),  # noqa: SIM115
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 60)
     if b"gateway ready" not in line:
-        raise RuntimeError(f"gateway did not start: {line!r}; see {work / 'gateway.log'}")
+        raise RuntimeError(f"gateway did not start: {line!r}; see the gateway-*.log files in {work}")
     return proc
 
 
@@ -171,11 +176,20 @@ async def sipp(args: list[str], cwd: Path, limit_s: float = 120) -> int:
 
 
 async def step(
-    target: str, rate: int, seconds: float, agent_port: int, inf: Path, work: Path, lost: int = 0
+    target: str | list[str],
+    rate: int,
+    seconds: float,
+    agent_port: int,
+    inf: Path,
+    work: Path,
+    lost: int = 0,
 ) -> dict[str, float]:
-    """One rate step; returns counts and the INVITE->200 round trips (ms)."""
+    """One rate step; returns counts and the INVITE->200 round trips (ms).
+    Several targets (gateways of one cluster) share the rate, one carrier SIPp
+    each, all at once."""
+    targets = [target] if isinstance(target, str) else target
     calls = int(rate * seconds)
-    run = work / f"{target.replace(':', '_')}_{rate}_{time.monotonic_ns()}"
+    run = work / f"{targets[0].replace(':', '_')}_{rate}_{time.monotonic_ns()}"
     run.mkdir()
     agent = asyncio.create_task(
         sipp(
@@ -197,60 +211,74 @@ async def step(
         )
     )
     await asyncio.sleep(0.3)
-    rc = await sipp(
-        [
-            target,
-            "-sf",
-            str(SCENARIOS / "uac_dialog_many.xml"),
-            "-inf",
-            str(inf),
-            "-i",
-            CARRIER_IP,
-            "-p",
-            str(free_port(CARRIER_IP)),
-            "-m",
-            str(calls),
-            "-r",
-            str(rate),
-            "-l",
-            str(min(rate * 2, 5000)),
-            "-d",
-            "0",
-            "-nostdin",
-            "-timeout",
-            f"{int(seconds) + 25}s",
-            "-max_retrans",
-            "10" if lost else "3",
-            *(["-lost", str(lost)] if lost else []),
-            "-trace_counts",
-            "-trace_rtt",
-            "-rtt_freq",
-            "1",
-            "-trace_stat",
-            "-fd",
-            "1",
-            "-trace_err",
-            "-error_file",
-            str(run / "errors.log"),
-        ],
-        run,
-        seconds + 25,
+    share = len(targets)
+    runs = [run / f"carrier{n}" for n in range(share)]
+    for carrier_run in runs:
+        carrier_run.mkdir()
+    codes = await asyncio.gather(
+        *(
+            sipp(
+                [
+                    one,
+                    "-sf",
+                    str(SCENARIOS / "uac_dialog_many.xml"),
+                    "-inf",
+                    str(inf),
+                    "-i",
+                    CARRIER_IP,
+                    "-p",
+                    str(free_port(CARRIER_IP)),
+                    "-m",
+                    str(calls // share),
+                    "-r",
+                    str(rate / share),
+                    "-l",
+                    str(min(rate * 2, 5000)),
+                    "-d",
+                    "0",
+                    "-nostdin",
+                    "-timeout",
+                    f"{int(seconds) + 25}s",
+                    "-max_retrans",
+                    "10" if lost else "3",
+                    *(["-lost", str(lost)] if lost else []),
+                    "-trace_counts",
+                    "-trace_rtt",
+                    "-rtt_freq",
+                    "1",
+                    "-trace_stat",
+                    "-fd",
+                    "1",
+                    "-trace_err",
+                    "-error_file",
+                    str(carrier_run / "errors.log"),
+                ],
+                carrier_run,
+                seconds + 25,
+            )
+            for one, carrier_run in zip(targets, runs, strict=True)
+        )
     )
     # The agent takes up to twice the calls (a proxy's stray retransmission must not end it
     # early): stop it once the carrier is done and its last calls' timewait has passed.
     await asyncio.sleep(5)
     agent.cancel()
     await sipp_kill(run)
-    counts = _last_row(_one(run, "*_counts.csv"))
-    stats = _last_row(_one(run, "*_.csv"))
-    rtts = [float(row[1]) for row in _rows(_one(run, "*_rtt.csv"))[1:] if len(row) > 1]
-    busy = int(counts.get("4_486_Recv", 0))
-    failed = int(stats.get("FailedCall(C)", 0))
-    ok = int(stats.get("SuccessfulCall(C)", 0))
-    passed = rc == 0 and failed == 0 and busy == 0 and ok == calls
-    if not passed and (run / "errors.log").exists():
-        first = (run / "errors.log").read_text(errors="replace")[:700]
-        print(f"    first failure through {target} at {rate}/s: {first!r}", flush=True)
+    calls = calls // share * share
+    ok = failed = busy = 0
+    rtts: list[float] = []
+    for carrier_run in runs:
+        counts = _last_row(_one(carrier_run, "*_counts.csv"))
+        stats = _last_row(_one(carrier_run, "*_.csv"))
+        rtts += [float(row[1]) for row in _rows(_one(carrier_run, "*_rtt.csv"))[1:] if len(row) > 1]
+        busy += int(counts.get("4_486_Recv", 0))
+        failed += int(stats.get("FailedCall(C)", 0))
+        ok += int(stats.get("SuccessfulCall(C)", 0))
+    passed = not any(codes) and failed == 0 and busy == 0 and ok == calls
+    errors = [r / "errors.log" for r in runs if (r / "errors.log").exists()]
+    if not passed and errors:
+        first = errors[0].read_text(errors="replace")[:700]
+        print(f"    first failure through {targets} at {rate}/s: {first!r}", flush=True)
     p50 = percentile(rtts, 0.5) if rtts else -1
     p99 = percentile(rtts, 0.99) if rtts else -1
     return {
@@ -280,7 +308,9 @@ def _last_row(path: Path | None) -> dict[str, str]:
     return dict(zip(rows[0], rows[-1], strict=False))
 
 
-async def ramp(name: str, target: str, seconds: float, agent_port: int, inf: Path, work: Path) -> int:
+async def ramp(
+    name: str, target: str | list[str], seconds: float, agent_port: int, inf: Path, work: Path
+) -> int:
     best = 0
     for rate in RATES:
         result = await step(target, rate, seconds, agent_port, inf, work)
