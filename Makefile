@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CODE   := gateway tests benchmarks
 
-.PHONY: run test lint typecheck unit bench install clean
+.PHONY: run test lint typecheck unit bench install clean clean-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/routing.py
 	$(BIN)/python benchmarks/lead_import.py
 
+## Build and tool caches only: var/ (the embedded database and the durable outbox) stays.
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+
+## Deletes var/: the embedded database and any outbox entries not yet applied.
+clean-data:
+	@echo "clean-data deletes var/ (embedded Postgres and the outbox): texts and call records"
+	@echo "acknowledged while the database was away and not yet applied are lost."
+	@printf "Type yes to go on: "; read answer; [ "$$answer" = yes ]
+	rm -rf var

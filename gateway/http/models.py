@@ -188,7 +188,6 @@ class NumberPurchase(Strict):
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-Role = Literal["owner", "admin", "agent"]
 PackageName = Literal["none", "standard", "upgraded"]
 Allowance = Annotated[int, Field(ge=0, le=10_000_000)]
 

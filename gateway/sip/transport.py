@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from aiosipua import SipRequest, SipResponse
 
-from gateway.sip.codec import encode, parse
+from gateway.sip.codec import parse
 
 log = logging.getLogger(__name__)
 # aiosipua logs every mis-sized body at WARNING; hostile peers would flood the log.
@@ -145,12 +145,9 @@ class SipTransports:
         if self._udp is not None:
             self._udp.close()
 
-    def send(self, message: SipRequest | SipResponse, peer: Peer) -> bool:
-        """Queue ``message`` for ``peer``; False when it cannot be sent (no TCP
-        connection to that peer any more, or the socket is closed). Never blocks."""
-        return self.send_bytes(encode(message), peer)
-
     def send_bytes(self, data: bytes, peer: Peer) -> bool:
+        """Queue ``data`` for ``peer``; False when it cannot be sent (no TCP
+        connection to that peer any more, or the socket is closed). Never blocks."""
         if peer.transport == "tcp":
             writer = self._streams.get((peer.host, peer.port))
             if writer is None or writer.is_closing():

@@ -12,11 +12,10 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Literal
 
+from gateway.domain.index import Role
 from gateway.store import Conn
 
-Role = Literal["owner", "admin", "agent"]
 _KEY = re.compile(r"^gk_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 
 

@@ -47,14 +47,9 @@ class CallRecord:
 
 
 async def write_call(conn: Conn, rec: CallRecord) -> int | None:
-    """Store one finished call and its effects in one transaction. Returns the
-    new record's id, or None when it was already stored. 2-5 round trips."""
-    async with conn.transaction():
-        return await _write_call(conn, rec)
-
-
-async def _write_call(conn: Conn, rec: CallRecord) -> int | None:
-    """:func:`write_call` inside the caller's transaction."""
+    """Store one finished call and its effects, inside the caller's
+    transaction (the outbox's apply). Returns the new record's id, or None
+    when it was already stored. 2-5 round trips."""
     record_id: int | None = await conn.fetchval(
         "INSERT INTO call_records (account_id, number_id, sip_call_id, direction, caller_e164,"
         " callee_e164, targets_tried, answered_by, invited_at, answered_at, ended_at, disposition, steps)"

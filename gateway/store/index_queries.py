@@ -123,9 +123,6 @@ async def load_snapshot(conn: Conn) -> Index:
     finally:
         if gc_was_enabled:
             gc.enable()
-    # The index lives until the next reload: keep it out of every future
-    # collection, so a gen-2 GC never pauses the loop to scan a million tuples.
-    gc.freeze()
     return index
 
 

@@ -30,7 +30,7 @@ import asyncpg
 
 from gateway.domain.index import Index
 from gateway.store import texts
-from gateway.store.calls import CallRecord, _write_call, call_from_json, call_to_json
+from gateway.store.calls import CallRecord, call_from_json, call_to_json, write_call
 
 log = logging.getLogger(__name__)
 BATCH = 100
@@ -234,7 +234,7 @@ class Outbox:
 
     async def _apply_one(self, conn: Any, entry: _Entry) -> None:
         if entry.kind == "call":
-            await _write_call(conn, call_from_json(entry.payload))
+            await write_call(conn, call_from_json(entry.payload))
         else:
             try:
                 await texts.accept(conn, self._index(), texts.text_from_json(entry.payload))

@@ -218,10 +218,6 @@ async def _accept_round_robin(
     return Accepted(message_id, duplicate=False, recipients=recipients, reason=decision.reason)
 
 
-def media_list(urls: list[str], types: list[str]) -> list[dict[str, Any]]:
-    return [{"url": url, "content_type": kind} for url, kind in zip(urls, types, strict=False)]
-
-
 def text_to_json(text: InboundText) -> dict[str, Any]:
     """The outbox's form of a text (issue 7)."""
     data = dataclasses.asdict(text)
