@@ -85,9 +85,7 @@ def _replay_the_image(app: Path, db_dsn: str) -> None:
         assert b"gateway ready" in line, (line, process.stderr.read() if process.stderr else b"")
         check = json.loads(instruction("HEALTHCHECK").split("CMD", 1)[1])
         assert check[0] == "python"
-        healthy = subprocess.run(
-            [*as_gateway, sys.executable, *check[1:]], env=env, timeout=10, check=False
-        )
+        healthy = subprocess.run([*as_gateway, sys.executable, *check[1:]], env=env, timeout=10, check=False)
         assert healthy.returncode == 0
         assert (app / "var" / "outbox").stat().st_uid == UID
     finally:
