@@ -182,6 +182,26 @@ async def test_sixty_calls_across_two_gateways_admit_exactly_fifty(db_dsn: str, 
         for gw in (a, b):
             state = (await gw.ready())["call_slots"]
             assert state["mode"] == "cluster" and state["live_instances"] == 2, state  # type: ignore[index]
+        admitted = [
+            await metric(gw, 'gateway_call_admissions_total{mode="cluster",result="admitted"}')
+            for gw in (a, b)
+        ]
+        refused = [
+            await metric(gw, 'gateway_call_admissions_total{mode="cluster",result="refused"}')
+            for gw in (a, b)
+        ]
+        assert (sum(admitted), sum(refused)) == (100, 20)
+        assert [await metric(gw, "gateway_call_slots_degraded") for gw in (a, b)] == [0, 0]
+        assert [await metric(gw, "gateway_cluster_live_instances") for gw in (a, b)] == [2, 2]
+
+
+async def metric(gw: GatewayProcess, name: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{gw.http_port}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 async def _equals(dsn: str, query: str, expected: object) -> bool:
