@@ -137,8 +137,6 @@ _STATUSES: dict[str, Status] = {
     "sending_failed": "failed",
     "delivery_unconfirmed": "sent",
 }
-# Events arrive out of order: a status only ever moves forward.
-STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
 
 
 def _status(raw: Any) -> Status:

@@ -21,8 +21,8 @@ import pytest
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
-from gateway.sip.digest import ha1
 from gateway.store.api_keys import create_key
+from gateway.store.credentials import ha1
 from gateway.store.embedded import EmbeddedPostgres
 from tests import factories
 from tests.gateway_process import GatewayProcess

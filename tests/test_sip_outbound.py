@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from gateway.server import Gateway
-from gateway.sip.digest import ha1
+from gateway.store.credentials import ha1
 from tests import factories
 from tests.sipp_tools import PHONE_IP, TRUNK_IP, start_sipp, udp_exchange
 from tests.test_sip_calls import sip_target

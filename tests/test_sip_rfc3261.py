@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from gateway.server import Gateway
-from gateway.sip.digest import ha1
+from gateway.store.credentials import ha1
 from tests import factories
 from tests.conftest import sip_settings
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, free_port, start_sipp, udp_endpoint, udp_exchange

@@ -19,6 +19,10 @@ from gateway.domain.index import Number, User
 
 TextKind = Literal["manual", "auto"]
 
+# DESIGN §5: delivery events arrive out of order, so a text's status only ever
+# moves forward along this ranking (a late "sent" never undoes "delivered").
+STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
+
 
 @dataclass(frozen=True, slots=True)
 class Sender:

@@ -19,9 +19,9 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.sip.digest import ha1
 from gateway.store import Conn, update_columns
 from gateway.store.api_keys import Principal, create_key
+from gateway.store.credentials import ha1
 from gateway.store.index_queries import fetch_account_numbers
 
 SIP_REALM: web.AppKey[str] = web.AppKey("sip_realm", str)

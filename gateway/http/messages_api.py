@@ -107,8 +107,8 @@ async def send_message(request: web.Request) -> web.Response:
             to_e164=to,
             segments=segments,
             at=at,
-            sent=sent,
-            failure=failure,
+            sent=(sent.provider_message_id, sent.status) if sent is not None else None,
+            error_code=(failure.code or failure.detail) if failure is not None else "",
         )
     if failure is not None:
         status = 422 if failure.client_error else 502

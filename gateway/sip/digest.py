@@ -30,10 +30,11 @@ from typing import Literal
 
 from aiosipua import AuthCredentials, parse_auth
 
+from gateway.store.credentials import Algorithm
+
 NONCE_TTL_S = 300
 MAX_TRACKED_NONCES = 100_000
 Verdict = Literal["ok", "stale", "bad"]
-Algorithm = Literal["MD5", "SHA-256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("MD5", "SHA-256")
 
 
@@ -171,10 +172,6 @@ class DigestAuthority:
 
     def _sign(self, issued: str) -> str:
         return hmac.new(self._secret, issued.encode(), hashlib.sha256).hexdigest()[:24]
-
-
-def ha1(username: str, realm: str, password: str, algorithm: Algorithm = "MD5") -> str:
-    return _HASHES[algorithm](f"{username}:{realm}:{password}")
 
 
 def _md5(text: str) -> str:

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision, lead_rules
-from gateway.providers import SendFailed, Sent
 from gateway.store import Conn
 from gateway.store.crm import InboundEvent, record_timeline, record_usage
 
@@ -80,10 +79,11 @@ async def record_outcome(
     to_e164: str,
     segments: int,
     at: datetime,
-    sent: Sent | None,
-    failure: SendFailed | None,
+    sent: tuple[str, str] | None,
+    error_code: str,
 ) -> Any:
-    """After the send: the provider's id and status, or the failure; on success
+    """After the send: ``sent`` is the provider's (message id, status), else
+    the send failed with ``error_code``. On success
     the R1-R3 timeline records on the destination's leads and R9 usage for the
     sender. One transaction."""
     async with conn.transaction():
@@ -92,8 +92,7 @@ async def record_outcome(
                 "UPDATE messages SET provider_message_id = $2, status = $3, updated_at = now() WHERE id = $1"
                 f" RETURNING {MESSAGE_COLUMNS}",
                 message_id,
-                sent.provider_message_id,
-                sent.status,
+                *sent,
             )
             timeline, _, reason = lead_rules(index.leads_for(number.account_id, to_e164))
             event = InboundEvent(
@@ -119,10 +118,9 @@ async def record_outcome(
                 message_id=message_id,
             )
             return row
-        assert failure is not None
         return await conn.fetchrow(
             "UPDATE messages SET status = 'failed', error_code = $2, updated_at = now() WHERE id = $1"
             f" RETURNING {MESSAGE_COLUMNS}",
             message_id,
-            (failure.code or failure.detail)[:200],
+            error_code[:200],
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.providers import STATUS_RANK
+from gateway.domain.outbound import STATUS_RANK
 from gateway.store import Conn
 from gateway.store.group_commit import GroupCommit, answer
 
