@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from gateway.domain.index import User
@@ -19,32 +18,29 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.store import Conn, update_columns
+from gateway.store import Conn, Duplicate, Referenced, admin, update_columns
 from gateway.store.api_keys import Principal, create_key
 from gateway.store.credentials import ha1
 from gateway.store.index_queries import fetch_account_numbers
 
 SIP_REALM: web.AppKey[str] = web.AppKey("sip_realm", str)
 
-_USER_COLUMNS = (
-    "u.id, u.email, u.name, u.role, u.package, u.sender_number_id, u.call_destination,"
-    " u.included_minutes, u.included_segments, u.addon_minutes, u.addon_segments, u.sip_username,"
-    " u.created_at,"
-    " COALESCE((SELECT array_agg(o.office_id ORDER BY o.office_id) FROM user_offices o"
-    " WHERE o.user_id = u.id), '{}') AS office_ids"
-)
+
+# Fields of UserCreate stored as they are (offices and the destination are not).
+_NEW_USER_COLUMNS = {
+    "email",
+    "name",
+    "role",
+    "package",
+    "included_minutes",
+    "included_segments",
+    "addon_minutes",
+    "addon_segments",
+}
 
 
 def _manager_only(who: Principal) -> web.Response | None:
     return None if who.manages else forbidden("only an owner or admin does this")
-
-
-async def _user_row(conn: Conn, account_id: int, user_id: int) -> Any:
-    return await conn.fetchrow(
-        f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.account_id = $2",
-        user_id,
-        account_id,
-    )
 
 
 # -- offices -------------------------------------------------------------------
@@ -54,12 +50,7 @@ async def _user_row(conn: Conn, account_id: int, user_id: int) -> Any:
 async def list_offices(request: web.Request) -> web.Response:
     who = principal(request)
     async with request.app[POOL].acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT f.id, f.name, f.created_at, COALESCE((SELECT array_agg(m.user_id ORDER BY m.user_id)"
-            " FROM user_offices m WHERE m.office_id = f.id), '{}') AS member_ids"
-            " FROM offices f WHERE f.account_id = $1 ORDER BY f.id",
-            who.account_id,
-        )
+        rows = await admin.list_offices(conn, who.account_id)
     return web.json_response({"offices": [json_row(r) for r in rows]})
 
 
@@ -71,12 +62,8 @@ async def create_office(request: web.Request) -> web.Response:
         return refused
     async with request.app[POOL].acquire() as conn:
         try:
-            row = await conn.fetchrow(
-                "INSERT INTO offices (account_id, name) VALUES ($1, $2) RETURNING id, name, created_at",
-                who.account_id,
-                office.name,
-            )
-        except asyncpg.UniqueViolationError:
+            row = await admin.create_office(conn, who.account_id, office.name)
+        except Duplicate:
             return problem(409, "Conflict", f"an office named {office.name!r} exists")
     return web.json_response({**json_row(row), "member_ids": []}, status=201)
 
@@ -95,14 +82,8 @@ async def rename_office(request: web.Request) -> web.Response:
         return refused
     async with request.app[POOL].acquire() as conn:
         try:
-            row = await conn.fetchrow(
-                "UPDATE offices SET name = $3 WHERE id = $1 AND account_id = $2"
-                " RETURNING id, name, created_at",
-                office_id,
-                who.account_id,
-                office.name,
-            )
-        except asyncpg.UniqueViolationError:
+            row = await admin.rename_office(conn, who.account_id, office_id, office.name)
+        except Duplicate:
             return problem(409, "Conflict", f"an office named {office.name!r} exists")
     return not_found("office") if row is None else web.json_response(json_row(row))
 
@@ -114,12 +95,10 @@ async def delete_office(request: web.Request) -> web.Response:
         return refused
     async with request.app[POOL].acquire() as conn:
         try:
-            status = await conn.execute(
-                "DELETE FROM offices WHERE id = $1 AND account_id = $2", office_id, who.account_id
-            )
-        except asyncpg.ForeignKeyViolationError:
+            deleted = await admin.delete_office(conn, who.account_id, office_id)
+        except Referenced:
             return problem(409, "Conflict", "the office still has a number: release or move it first")
-    return not_found("office") if status == "DELETE 0" else web.Response(status=204)
+    return web.Response(status=204) if deleted else not_found("office")
 
 
 @API.op(
@@ -136,14 +115,8 @@ async def add_member(request: web.Request) -> web.Response:
         return refused
     async with request.app[POOL].acquire() as conn:
         try:
-            await conn.execute(
-                "INSERT INTO user_offices (account_id, user_id, office_id) VALUES ($1, $2, $3)"
-                " ON CONFLICT DO NOTHING",
-                who.account_id,
-                user_id,
-                office_id,
-            )
-        except asyncpg.ForeignKeyViolationError:
+            await admin.add_members(conn, who.account_id, (office_id,), user_id)
+        except Referenced:
             return not_found("office or user")
     return web.Response(status=204)
 
@@ -161,13 +134,8 @@ async def remove_member(request: web.Request) -> web.Response:
     if refused := _manager_only(who):
         return refused
     async with request.app[POOL].acquire() as conn:
-        status = await conn.execute(
-            "DELETE FROM user_offices WHERE office_id = $1 AND user_id = $2 AND account_id = $3",
-            office_id,
-            user_id,
-            who.account_id,
-        )
-    return not_found("membership") if status == "DELETE 0" else web.Response(status=204)
+        removed = await admin.remove_member(conn, who.account_id, office_id, user_id)
+    return web.Response(status=204) if removed else not_found("membership")
 
 
 # -- users ---------------------------------------------------------------------
@@ -187,10 +155,7 @@ def _destination(value: str | None) -> str | None:
 async def list_users(request: web.Request) -> web.Response:
     who = principal(request)
     async with request.app[POOL].acquire() as conn:
-        rows = await conn.fetch(
-            f"SELECT {_USER_COLUMNS} FROM users u WHERE u.account_id = $1 ORDER BY u.id",
-            who.account_id,
-        )
+        rows = await admin.list_users(conn, who.account_id)
     return web.json_response({"users": [json_row(r) for r in rows]})
 
 
@@ -198,7 +163,7 @@ async def list_users(request: web.Request) -> web.Response:
 async def get_user(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
     async with request.app[POOL].acquire() as conn:
-        row = await _user_row(conn, who.account_id, user_id)
+        row = await admin.user_row(conn, who.account_id, user_id)
     return not_found("user") if row is None else web.json_response(json_row(row))
 
 
@@ -220,32 +185,21 @@ async def create_user(request: web.Request) -> web.Response:
     destination = _destination(new.call_destination)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         try:
-            user_id = await conn.fetchval(
-                "INSERT INTO users (account_id, email, name, role, package, call_destination,"
-                " included_minutes, included_segments, addon_minutes, addon_segments)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            user_id = await admin.create_user(
+                conn,
                 who.account_id,
-                new.email,
-                new.name,
-                new.role,
-                new.package,
-                destination,
-                new.included_minutes,
-                new.included_segments,
-                new.addon_minutes,
-                new.addon_segments,
+                {
+                    **new.model_dump(include=_NEW_USER_COLUMNS),
+                    "call_destination": destination,
+                },
             )
-        except asyncpg.UniqueViolationError:
+        except Duplicate:
             return problem(409, "Conflict", f"a user with email {new.email!r} exists")
         try:
-            await conn.executemany(
-                "INSERT INTO user_offices (account_id, user_id, office_id) VALUES ($1, $2, $3)"
-                " ON CONFLICT DO NOTHING",
-                [(who.account_id, user_id, office) for office in new.office_ids],
-            )
-        except asyncpg.ForeignKeyViolationError:
+            await admin.add_members(conn, who.account_id, new.office_ids, user_id)
+        except Referenced:
             raise field_error("office_ids", "names an office that is not in this account") from None
-        row = await _user_row(conn, who.account_id, user_id)
+        row = await admin.user_row(conn, who.account_id, user_id)
     return web.json_response(json_row(row), status=201)
 
 
@@ -261,7 +215,7 @@ async def patch_user(request: web.Request) -> web.Response:
     patch = await body(request, UserPatch)
     changes = patch.model_dump(exclude_unset=True)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        current = await _user_row(conn, who.account_id, user_id)
+        current = await admin.user_row(conn, who.account_id, user_id)
         if current is None:
             return not_found("user")
         reason = (
@@ -275,9 +229,7 @@ async def patch_user(request: web.Request) -> web.Response:
             changes["call_destination"] = _destination(changes["call_destination"])
         await _sip_credentials(changes, current["sip_username"], request.app[SIP_REALM])
         package = changes.get("package", current["package"])
-        if package != "upgraded" and await conn.fetchval(
-            "SELECT 1 FROM numbers WHERE owner_user_id = $1 AND kind = 'personal'", user_id
-        ):
+        if package != "upgraded" and await admin.has_personal_number(conn, user_id):
             return problem(
                 409, "Conflict", "the user has a personal number, which needs upgraded: release it first"
             )
@@ -286,11 +238,11 @@ async def patch_user(request: web.Request) -> web.Response:
             await _check_sender(conn, who.account_id, current, package, sender)
         try:
             await update_columns(conn, "users", user_id, who.account_id, changes)
-        except asyncpg.UniqueViolationError:
+        except Duplicate:
             # Digest finds a device by username alone in the one realm, so names
             # are unique gateway-wide; the answer never says who holds one.
             raise field_error("sip_username", "is taken; choose another", status=409) from None
-        row = await _user_row(conn, who.account_id, user_id)
+        row = await admin.user_row(conn, who.account_id, user_id)
     return web.json_response(json_row(row))
 
 
@@ -345,14 +297,14 @@ async def delete_user(request: web.Request) -> web.Response:
     if user_id == who.user_id:
         return forbidden("nobody deletes themselves")
     async with request.app[POOL].acquire() as conn:
-        current = await _user_row(conn, who.account_id, user_id)
+        current = await admin.user_row(conn, who.account_id, user_id)
         if current is None:
             return not_found("user")
         if reason := may_manage_user(who.user_id, who.role, user_id, current["role"]):
             return forbidden(reason)
         try:
-            await conn.execute("DELETE FROM users WHERE id = $1 AND account_id = $2", user_id, who.account_id)
-        except asyncpg.ForeignKeyViolationError:
+            await admin.delete_user(conn, who.account_id, user_id)
+        except Referenced:
             return problem(
                 409,
                 "Conflict",
@@ -367,9 +319,7 @@ async def delete_user(request: web.Request) -> web.Response:
 async def _may_handle_keys_of(conn: Conn, who: Principal, user_id: int) -> web.Response | None:
     if user_id == who.user_id:
         return None
-    target = await conn.fetchval(
-        "SELECT role FROM users WHERE id = $1 AND account_id = $2", user_id, who.account_id
-    )
+    target = await admin.user_role(conn, who.account_id, user_id)
     if target is None:
         return not_found("user")
     reason = may_manage_user(who.user_id, who.role, user_id, target)
@@ -391,7 +341,7 @@ async def create_api_key(request: web.Request) -> web.Response:
         if refused := await _may_handle_keys_of(conn, who, user_id):
             return refused
         key = await create_key(conn, who.account_id, user_id, options.label)
-        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE prefix = $1", key.split("_")[1])
+        key_id = await admin.key_id(conn, key.split("_")[1])
     return web.json_response({"id": key_id, "key": key, "label": options.label}, status=201)
 
 
@@ -403,12 +353,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         if refused := await _may_handle_keys_of(conn, who, user_id):
             return refused
-        rows = await conn.fetch(
-            "SELECT id, prefix, label, created_at, last_used_at, revoked_at FROM api_keys"
-            " WHERE user_id = $1 AND account_id = $2 ORDER BY id",
-            user_id,
-            who.account_id,
-        )
+        rows = await admin.list_keys(conn, who.account_id, user_id)
     return web.json_response({"api_keys": [json_row(r) for r in rows]})
 
 
@@ -416,14 +361,10 @@ async def list_api_keys(request: web.Request) -> web.Response:
 async def revoke_api_key(request: web.Request) -> web.Response:
     who, key_id = principal(request), path_id(request, "key_id")
     async with request.app[POOL].acquire() as conn:
-        owner = await conn.fetchval(
-            "SELECT user_id FROM api_keys WHERE id = $1 AND account_id = $2", key_id, who.account_id
-        )
+        owner = await admin.key_owner(conn, who.account_id, key_id)
         if owner is None:
             return not_found("API key")
         if refused := await _may_handle_keys_of(conn, who, owner):
             return refused
-        await conn.execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
-        )
+        await admin.revoke_key(conn, key_id)
     return web.Response(status=204)

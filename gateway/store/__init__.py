@@ -10,6 +10,15 @@ from asyncpg.pool import PoolConnectionProxy
 # A connection, whether taken from the pool or opened on its own.
 Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
+Pool: TypeAlias = asyncpg.Pool
+
+# The database's refusals, named by what they mean to the caller (the HTTP
+# side answers each with its own 4xx and never needs asyncpg for it).
+Duplicate = asyncpg.UniqueViolationError  # a unique value is taken
+Referenced = asyncpg.ForeignKeyViolationError  # a reference is missing, or a row is still referenced
+Refused = asyncpg.CheckViolationError  # a CHECK constraint said no
+BadValue = asyncpg.DataError  # a value Postgres cannot store (class 22)
+
 # The database could not take a write (as opposed to refusing a value). A
 # connection that Postgres cut mid-statement (fast shutdown) can leave asyncpg's
 # protocol in a state it reports as InternalClientError, which is no
