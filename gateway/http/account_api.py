@@ -15,8 +15,7 @@ from gateway.http.models import AccountPatch
 from gateway.http.openapi import body
 from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
-
-_COLUMNS = "id, name, plan, over_quota, created_at"
+from gateway.store import admin
 
 
 @API.op("GET", "/v1/account", "The caller's account: plan and over-quota mode (R9)")
@@ -24,7 +23,7 @@ async def get_account(request: web.Request) -> web.Response:
     """One indexed read."""
     who = principal(request)
     async with request.app[POOL].acquire() as conn:
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM accounts WHERE id = $1", who.account_id)
+        row = await admin.account(conn, who.account_id)
     if row is None:
         return not_found("account")
     return web.json_response(json_row(row))
@@ -44,11 +43,7 @@ async def patch_account(request: web.Request) -> web.Response:
     if who.role != "owner":
         return forbidden("only the account owner changes its over-quota mode")
     async with request.app[POOL].acquire() as conn:
-        row = await conn.fetchrow(
-            f"UPDATE accounts SET over_quota = COALESCE($2, over_quota) WHERE id = $1 RETURNING {_COLUMNS}",
-            who.account_id,
-            change.over_quota,
-        )
+        row = await admin.set_over_quota(conn, who.account_id, change.over_quota)
     if row is None:
         return not_found("account")
     return web.json_response(json_row(row))

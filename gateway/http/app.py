@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import asyncpg
 from aiohttp import web
 
 from gateway.config import trunk_networks
@@ -28,7 +27,7 @@ from gateway.http.problems import Handler, problem_middleware
 from gateway.http.routes import API
 from gateway.metrics import Metrics
 from gateway.providers import Providers
-from gateway.store import purchases
+from gateway.store import Pool, purchases
 from gateway.store.events import EventHub
 from gateway.store.outbox import Outbox
 from gateway.store.status_batch import StatusBatcher
@@ -51,7 +50,7 @@ _REGISTERED = (
 def build_app(
     metrics: Metrics,
     readiness: ops.Readiness,
-    pool: asyncpg.Pool,
+    pool: Pool,
     *,
     max_body_bytes: int,
     max_import_bytes: int,

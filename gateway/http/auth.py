@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp import web
 
 from gateway.http.problems import Handler, problem
+from gateway.store import Pool
 from gateway.store.api_keys import Principal, authenticate
 
-POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool")
+POOL: web.AppKey[Pool] = web.AppKey("pool")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 

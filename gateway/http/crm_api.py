@@ -17,7 +17,7 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, json_row, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.store import Conn, notifications
+from gateway.store import Conn, crm_reads, notifications
 from gateway.store.api_keys import Principal
 
 
@@ -25,9 +25,7 @@ async def _may_see_user(conn: Conn, who: Principal, user_id: int) -> bool:
     """Users see their own; owners and admins any user of their own account."""
     if who.user_id == user_id:
         return True
-    return who.manages and bool(
-        await conn.fetchval("SELECT 1 FROM users WHERE id = $1 AND account_id = $2", user_id, who.account_id)
-    )
+    return who.manages and await crm_reads.user_exists(conn, who.account_id, user_id)
 
 
 @API.op("GET", "/v1/leads/{lead_id}/timeline", "A lead's calls and texts, newest first", errors=(404,))
@@ -35,23 +33,10 @@ async def lead_timeline(request: web.Request) -> web.Response:
     """``GET /v1/leads/{lead_id}/timeline``: newest first, at most 200. Two indexed reads."""
     who, lead_id = principal(request), path_id(request, "lead_id")
     async with request.app[POOL].acquire() as conn:
-        if (
-            await conn.fetchval(
-                "SELECT 1 FROM leads WHERE id = $1 AND account_id = $2", lead_id, who.account_id
-            )
-            is None
-        ):
+        if not await crm_reads.lead_exists(conn, who.account_id, lead_id):
             return not_found("lead")
         # A call's steps (R18) say who rang and why: "agent 20 s no answer; route answered".
-        rows = await conn.fetch(
-            "SELECT t.id, t.channel, t.direction, t.number_id, t.agent_id, t.reason, t.disposition,"
-            " t.duration_s, t.message_id, t.call_record_id, t.occurred_at, t.ended_at,"
-            " COALESCE(c.steps, '[]') AS steps"
-            " FROM timeline_events t LEFT JOIN call_records c ON c.id = t.call_record_id"
-            " WHERE t.lead_id = $1 AND t.account_id = $2 ORDER BY t.occurred_at DESC, t.id DESC LIMIT 200",
-            lead_id,
-            who.account_id,
-        )
+        rows = await crm_reads.lead_timeline(conn, who.account_id, lead_id)
     events = [{**json_row(r), "steps": json.loads(r["steps"])} for r in rows]
     return web.json_response({"lead_id": lead_id, "events": events})
 
@@ -71,15 +56,7 @@ async def user_notifications(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
             return not_found("user")
-        rows = await conn.fetch(
-            "SELECT id, user_id, number_id, channel, caller_e164, source, tag, state, action, lead_id,"
-            " call_record_id, message_id, created_at, closed_at FROM notifications"
-            " WHERE user_id = $1 AND account_id = $2 AND ($3 = 'all' OR state = $3)"
-            " ORDER BY created_at DESC, id DESC LIMIT 200",
-            user_id,
-            who.account_id,
-            state,
-        )
+        rows = await crm_reads.user_notifications(conn, who.account_id, user_id, state)
     return web.json_response({"user_id": user_id, "notifications": [json_row(r) for r in rows]})
 
 
@@ -142,22 +119,10 @@ async def user_usage(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
             return not_found("user")
-        user = await conn.fetchrow(
-            "SELECT u.package, u.included_minutes, u.included_segments, u.addon_minutes, u.addon_segments,"
-            " a.over_quota AS mode FROM users u JOIN accounts a ON a.id = u.account_id"
-            " WHERE u.id = $1 AND u.account_id = $2",
-            user_id,
-            who.account_id,
-        )
+        user = await crm_reads.usage_allowances(conn, who.account_id, user_id)
         if user is None:
             return not_found("user")
-        rows = await conn.fetch(
-            "SELECT kind, quantity, over_quota, number_id, call_record_id, message_id, created_at"
-            " FROM usage_ledger WHERE user_id = $1 AND account_id = $2 AND period = $3 ORDER BY id",
-            user_id,
-            who.account_id,
-            period,
-        )
+        rows = await crm_reads.usage_entries(conn, who.account_id, user_id, period)
     totals = {"call_minutes": 0, "text_segments": 0}
     for row in rows:
         totals[row["kind"]] += row["quantity"]

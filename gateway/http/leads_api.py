@@ -6,7 +6,6 @@ and admins any lead of the account, and only they delete or import.
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp import web
 
 from gateway.domain.phone import to_e164
@@ -18,7 +17,7 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.store import leads
+from gateway.store import Referenced, leads
 from gateway.store.api_keys import Principal
 
 MAX_IMPORT_BYTES: web.AppKey[int] = web.AppKey("max_import_bytes", int)
@@ -54,7 +53,7 @@ async def create_lead(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         try:
             lead_id = await leads.create_lead(conn, who.account_id, row)
-        except asyncpg.ForeignKeyViolationError:
+        except Referenced:
             raise field_error("primary_agent_id", "names no user of this account") from None
         created = await leads.get_lead(conn, who.account_id, lead_id)
     return web.json_response(created, status=201)
@@ -104,7 +103,7 @@ async def patch_lead(request: web.Request) -> web.Response:
             return refused
         try:
             await leads.update_lead(conn, who.account_id, lead_id, changes, phones, tags)
-        except asyncpg.ForeignKeyViolationError:
+        except Referenced:
             raise field_error("primary_agent_id", "names no user of this account") from None
         updated = await leads.get_lead(conn, who.account_id, lead_id)
     return web.json_response(updated)
@@ -146,9 +145,7 @@ async def import_leads(request: web.Request) -> web.Response:
     if not size:  # whatever its declared type, an empty upload holds no leads
         raise field_error("body", "is empty; send CSV with a header row, or NDJSON")
     async with request.app[POOL].acquire() as conn:
-        agent_ids = {
-            r["id"] for r in await conn.fetch("SELECT id FROM users WHERE account_id = $1", who.account_id)
-        }
+        agent_ids = await leads.user_ids(conn, who.account_id)
         try:
             rows, errors, count = lead_import.validate(
                 lead_import.parse(b"".join(chunks), request.content_type), agent_ids

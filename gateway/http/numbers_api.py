@@ -10,7 +10,6 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from gateway.domain.hours import format_hours, parse_hours
@@ -35,7 +34,8 @@ from gateway.http.problems import problem
 from gateway.http.responses import forbidden, not_found
 from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
-from gateway.store import Conn, purchases, update_columns
+from gateway.store import Conn, Duplicate, Referenced, Refused, purchases, update_columns
+from gateway.store import numbers as number_store
 from gateway.store.index_queries import (
     fetch_account_numbers,
     fetch_account_users,
@@ -162,29 +162,24 @@ async def patch_number(request: web.Request) -> web.Response:
         try:
             async with conn.transaction():
                 await update_columns(conn, "numbers", number_id, who.account_id, changes)
-        except asyncpg.UniqueViolationError as exc:
+        except Duplicate as exc:
             if exc.constraint_name == "numbers_one_company_per_office":
                 return problem(
                     409, "Conflict", f"office {changes.get('office_id')} already has a company number"
                 )
             raise field_error("bridge", "the account already has a bridge number") from None
-        except asyncpg.ForeignKeyViolationError:
+        except Referenced:
             raise field_error("office_id", "names no office of this account") from None
-        except asyncpg.CheckViolationError as exc:
+        except Refused as exc:
             if exc.constraint_name == "numbers_overflow_needs_target":
                 raise field_error("overflow_target", "forward needs an overflow_target") from None
             if exc.constraint_name == "numbers_after_hours_needs_target":
                 raise field_error("after_hours_target", "forward needs an after_hours_target") from None
             raise field_error("bridge", "a personal number cannot be the bridge number") from None
         if route_users is not None:
-            await conn.execute("DELETE FROM number_route_targets WHERE number_id = $1", number_id)
             try:
-                await conn.executemany(
-                    "INSERT INTO number_route_targets (account_id, number_id, position, user_id)"
-                    " VALUES ($1, $2, $3, $4)",
-                    [(who.account_id, number_id, i, u) for i, u in enumerate(route_users)],
-                )
-            except asyncpg.ForeignKeyViolationError:
+                await number_store.set_route_users(conn, who.account_id, number_id, route_users)
+            except Referenced:
                 raise field_error("route_user_ids", "names a user who is not in this account") from None
         updated = await fetch_number(conn, number_id)
         account_users = await _users(conn, who.account_id)
@@ -248,15 +243,10 @@ async def create_text_code(request: web.Request) -> web.Response:
         if number.owner_user_id != who.user_id and not who.manages:
             return forbidden("only the number's owner, an owner or an admin adds text codes")
         try:
-            code_id = await conn.fetchval(
-                "INSERT INTO text_codes (account_id, number_id, keyword, purpose) VALUES ($1, $2, $3, $4)"
-                " RETURNING id",
-                who.account_id,
-                number_id,
-                code.keyword,
-                code.purpose,
+            code_id = await number_store.add_text_code(
+                conn, who.account_id, number_id, code.keyword, code.purpose
             )
-        except asyncpg.UniqueViolationError:
+        except Duplicate:
             return problem(409, "Conflict", f"keyword {code.keyword!r} is already on this number")
     return web.json_response(
         {"id": code_id, "number_id": number_id, "keyword": code.keyword, "purpose": code.purpose}, status=201
@@ -282,19 +272,15 @@ async def purchase_number(request: web.Request) -> web.Response:
     if order.kind == "personal" and order.office_id is not None:
         raise field_error("office_id", "a personal number belongs to no office")
     async with request.app[POOL].acquire() as conn:
-        plan = await conn.fetchval("SELECT plan FROM accounts WHERE id = $1", who.account_id)
-        if order.office_id is not None and not await conn.fetchval(
-            "SELECT 1 FROM offices WHERE id = $1 AND account_id = $2", order.office_id, who.account_id
+        plan = await number_store.account_plan(conn, who.account_id)
+        if order.office_id is not None and not await number_store.office_exists(
+            conn, who.account_id, order.office_id
         ):
             raise field_error("office_id", "names no office of this account")
         if order.owner_user_id is not None:
             # Checked here, scoped to the account, so another account's user id
             # is answered exactly like a missing one (no existence probe).
-            package = await conn.fetchval(
-                "SELECT package FROM users WHERE id = $1 AND account_id = $2",
-                order.owner_user_id,
-                who.account_id,
-            )
+            package = await number_store.user_package(conn, who.account_id, order.owner_user_id)
             if package is None:
                 raise field_error("owner_user_id", "names no user of this account")
             if package != "upgraded":
@@ -321,12 +307,12 @@ async def purchase_number(request: web.Request) -> web.Response:
             )
         except purchases.InventoryEmpty as empty:
             return problem(409, "Conflict", str(empty))
-        except asyncpg.ForeignKeyViolationError as exc:
+        except Referenced as exc:
             field = "route_user_ids" if "route_targets" in str(exc) else "owner_user_id"
             raise field_error(field, "names no user of this account") from None
-        except asyncpg.CheckViolationError as exc:
+        except Refused as exc:
             raise field_error("owner_user_id", str(exc)) from None
-        except asyncpg.UniqueViolationError:  # a concurrent purchase won the office, or the owner has one
+        except Duplicate:  # a concurrent purchase won the office, or the owner has one
             return problem(409, "Conflict", "that office or user already has such a number")
         number = await fetch_number(conn, bought.number_id)
         users = await _users(conn, who.account_id)

@@ -10,8 +10,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 from aiohttp import web
+
+from gateway.store import BadValue
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
-    except asyncpg.DataError as exc:
+    except BadValue as exc:
         # Class 22: Postgres refused a value the request carried. Handlers check
         # their fields first; this is the net under them, never a 500.
         log.warning("value refused by the database in %s %s: %s", request.method, request.path, exc)

@@ -161,3 +161,23 @@ async def key_owner(conn: Conn, account_id: int, key_id: int) -> int | None:
 async def revoke_key(conn: Conn, key_id: int) -> None:
     """Revoke (once: a revoked key keeps its first revocation time)."""
     await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id)
+
+
+# -- the account ---------------------------------------------------------------
+
+_ACCOUNT_COLUMNS = "id, name, plan, over_quota, created_at"
+
+
+async def account(conn: Conn, account_id: int) -> Any:
+    """The account's plan and over-quota mode (R9)."""
+    return await conn.fetchrow(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+
+
+async def set_over_quota(conn: Conn, account_id: int, mode: str | None) -> Any:
+    """Change the over-quota mode (None: keep it); the account's row after."""
+    return await conn.fetchrow(
+        "UPDATE accounts SET over_quota = COALESCE($2, over_quota) WHERE id = $1"
+        f" RETURNING {_ACCOUNT_COLUMNS}",
+        account_id,
+        mode,
+    )

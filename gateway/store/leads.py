@@ -106,6 +106,11 @@ async def find_by_phone(conn: Conn, account_id: int, e164: str) -> list[int]:
     return [row["id"] for row in rows]
 
 
+async def user_ids(conn: Conn, account_id: int) -> set[int]:
+    """Every user id of the account (the primary agents an import may name)."""
+    return {row["id"] for row in await conn.fetch("SELECT id FROM users WHERE account_id = $1", account_id)}
+
+
 async def import_leads(conn: Conn, account_id: int, leads: list[LeadRow]) -> list[int]:
     """All-or-nothing bulk insert through binary COPY: ids reserved from the
     sequence, then three COPYs, one transaction, one index reload at commit.
