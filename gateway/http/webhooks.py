@@ -19,12 +19,12 @@ from aiohttp import web
 
 from gateway.domain.index import Index
 from gateway.domain.phone import to_e164
-from gateway.domain.signatures import telnyx_valid, twilio_algorithm, twilio_valid
 from gateway.http.load_shed import LoopLag
 from gateway.http.ops import METRICS
 from gateway.http.problems import problem
 from gateway.http.responses import not_found
 from gateway.http.routes import API
+from gateway.http.signatures import telnyx_valid, twilio_algorithm, twilio_valid
 from gateway.http.validation import field_error
 from gateway.providers import map_status
 from gateway.store import DB_AWAY, texts

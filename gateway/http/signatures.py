@@ -1,4 +1,5 @@
-"""Webhook signatures, as the providers compute them (DESIGN §5). Pure functions.
+"""Webhook signatures, as the providers compute them (DESIGN §5): provider wire
+format, not business rules, so they live beside the webhook handlers. Pure functions.
 
 Twilio: base64 HMAC (SHA-1, or SHA-256 when ``X-Twilio-Webhooks-Signature-Settings``
 says so) over the full public URL followed by each parameter name and value,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
-from gateway.domain.signatures import telnyx_valid, twilio_algorithm, twilio_signature, twilio_valid
+from gateway.http.signatures import telnyx_valid, twilio_algorithm, twilio_signature, twilio_valid
 
 TOKEN = "12345678901234567890123456789012"
 URL = "https://gw.example.com/v1/webhooks/twilio/messages?x=1"
