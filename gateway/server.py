@@ -18,16 +18,17 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from gateway.config import Settings
+from gateway.config import Settings, trunk_networks
 from gateway.domain.call_slots import CallSlots
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.http.app import build_app
+from gateway.http.deps import Deps
 from gateway.http.load_shed import LoopLag
 from gateway.metrics import Metrics
 from gateway.providers import Providers
 from gateway.sip.metrics import SipMetrics
 from gateway.sip.service import SipService
-from gateway.store import demo
+from gateway.store import demo, purchases
 from gateway.store.cluster_slots import ClusterSlots, new_instance_id
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.events import EventHub
@@ -111,27 +112,33 @@ class Gateway:
         self.loop_lag.start()
         lag = self.loop_lag
         self.metrics.watch_loop_lag(lambda: lag.lag_s)
+        http = self.settings.http
         app = build_app(
-            self.metrics,
-            self.readiness,
-            pool,
-            max_body_bytes=self.settings.http.max_body_bytes,
-            max_import_bytes=self.settings.http.max_import_bytes,
-            sip_realm=self.settings.sip.realm,
-            index=lambda: keeper.index,
-            public_base_url=self.settings.http.public_base_url,
-            twilio_auth_token=self.settings.twilio.auth_token,
-            telnyx_public_key=self.settings.telnyx.public_key,
-            providers=self.providers,
-            event_hub=self.event_hub,
-            outbox=self.recorder,
-            texts=self.texts,
-            loop_lag=self.loop_lag,
-            statuses=StatusBatcher(
-                pool, max_batch=self.settings.texts.batch_max, max_pending=self.settings.texts.max_pending
-            ),
-            limiter=FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
-            trusted_proxies=self.settings.http.trusted_proxies,
+            Deps(
+                metrics=self.metrics,
+                readiness=self.readiness,
+                pool=pool,
+                index=lambda: keeper.index,
+                providers=self.providers,
+                event_hub=self.event_hub,
+                outbox=self.recorder,
+                texts=self.texts,
+                statuses=StatusBatcher(
+                    pool, max_batch=self.settings.texts.batch_max, max_pending=self.settings.texts.max_pending
+                ),
+                loop_lag=self.loop_lag,
+                limiter=FailureLimiter(
+                    self.settings.limits.failures_per_s, self.settings.limits.failure_burst
+                ),
+                inventory=purchases.LocalInventory(),
+                sip_realm=self.settings.sip.realm,
+                public_base_url=http.public_base_url,
+                twilio_auth_token=self.settings.twilio.auth_token,
+                telnyx_public_key=self.settings.telnyx.public_key,
+                max_body_bytes=http.max_body_bytes,
+                max_import_bytes=http.max_import_bytes,
+                trusted_proxies=tuple(trunk_networks(http.trusted_proxies)),
+            )
         )
         self._runner = web.AppRunner(
             app, shutdown_timeout=self.settings.shutdown.grace_period_s, access_log=None

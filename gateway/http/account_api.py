@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.auth import POOL, principal
+from gateway.http.auth import principal
+from gateway.http.deps import deps
 from gateway.http.models import AccountPatch
 from gateway.http.openapi import body
 from gateway.http.responses import forbidden, json_row, not_found
@@ -22,7 +23,7 @@ from gateway.store import admin
 async def get_account(request: web.Request) -> web.Response:
     """One indexed read."""
     who = principal(request)
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         row = await admin.account(conn, who.account_id)
     if row is None:
         return not_found("account")
@@ -42,7 +43,7 @@ async def patch_account(request: web.Request) -> web.Response:
     change = await body(request, AccountPatch)
     if who.role != "owner":
         return forbidden("only the account owner changes its over-quota mode")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         row = await admin.set_over_quota(conn, who.account_id, change.over_quota)
     if row is None:
         return not_found("account")

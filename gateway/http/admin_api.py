@@ -11,7 +11,8 @@ from gateway.domain.index import User
 from gateway.domain.outbound import may_send_from
 from gateway.domain.permissions import may_change_fields, may_grant_role, may_manage_user
 from gateway.domain.phone import to_e164
-from gateway.http.auth import POOL, principal
+from gateway.http.auth import principal
+from gateway.http.deps import deps
 from gateway.http.models import KeyCreate, OfficeIn, UserCreate, UserPatch
 from gateway.http.openapi import body
 from gateway.http.problems import problem
@@ -22,9 +23,6 @@ from gateway.store import Conn, Duplicate, Referenced, admin, update_columns
 from gateway.store.api_keys import Principal, create_key
 from gateway.store.credentials import ha1
 from gateway.store.index_queries import fetch_account_numbers
-
-SIP_REALM: web.AppKey[str] = web.AppKey("sip_realm", str)
-
 
 # Fields of UserCreate stored as they are (offices and the destination are not).
 _NEW_USER_COLUMNS = {
@@ -49,7 +47,7 @@ def _manager_only(who: Principal) -> web.Response | None:
 @API.op("GET", "/v1/offices", "The account's offices and their members")
 async def list_offices(request: web.Request) -> web.Response:
     who = principal(request)
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         rows = await admin.list_offices(conn, who.account_id)
     return web.json_response({"offices": [json_row(r) for r in rows]})
 
@@ -60,7 +58,7 @@ async def create_office(request: web.Request) -> web.Response:
     office = await body(request, OfficeIn)
     if refused := _manager_only(who):
         return refused
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         try:
             row = await admin.create_office(conn, who.account_id, office.name)
         except Duplicate:
@@ -80,7 +78,7 @@ async def rename_office(request: web.Request) -> web.Response:
     office = await body(request, OfficeIn)
     if refused := _manager_only(who):
         return refused
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         try:
             row = await admin.rename_office(conn, who.account_id, office_id, office.name)
         except Duplicate:
@@ -93,7 +91,7 @@ async def delete_office(request: web.Request) -> web.Response:
     who, office_id = principal(request), path_id(request, "office_id")
     if refused := _manager_only(who):
         return refused
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         try:
             deleted = await admin.delete_office(conn, who.account_id, office_id)
         except Referenced:
@@ -113,7 +111,7 @@ async def add_member(request: web.Request) -> web.Response:
     office_id, user_id = path_id(request, "office_id"), path_id(request, "user_id")
     if refused := _manager_only(who):
         return refused
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         try:
             await admin.add_members(conn, who.account_id, (office_id,), user_id)
         except Referenced:
@@ -133,7 +131,7 @@ async def remove_member(request: web.Request) -> web.Response:
     office_id, user_id = path_id(request, "office_id"), path_id(request, "user_id")
     if refused := _manager_only(who):
         return refused
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         removed = await admin.remove_member(conn, who.account_id, office_id, user_id)
     return web.Response(status=204) if removed else not_found("membership")
 
@@ -154,7 +152,7 @@ def _destination(value: str | None) -> str | None:
 @API.op("GET", "/v1/users", "The account's users")
 async def list_users(request: web.Request) -> web.Response:
     who = principal(request)
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         rows = await admin.list_users(conn, who.account_id)
     return web.json_response({"users": [json_row(r) for r in rows]})
 
@@ -162,7 +160,7 @@ async def list_users(request: web.Request) -> web.Response:
 @API.op("GET", "/v1/users/{user_id}", "One user", errors=(404,))
 async def get_user(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         row = await admin.user_row(conn, who.account_id, user_id)
     return not_found("user") if row is None else web.json_response(json_row(row))
 
@@ -183,7 +181,7 @@ async def create_user(request: web.Request) -> web.Response:
     ):
         return refused
     destination = _destination(new.call_destination)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with deps(request).pool.acquire() as conn, conn.transaction():
         try:
             user_id = await admin.create_user(
                 conn,
@@ -214,7 +212,7 @@ async def patch_user(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
     patch = await body(request, UserPatch)
     changes = patch.model_dump(exclude_unset=True)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with deps(request).pool.acquire() as conn, conn.transaction():
         current = await admin.user_row(conn, who.account_id, user_id)
         if current is None:
             return not_found("user")
@@ -227,7 +225,7 @@ async def patch_user(request: web.Request) -> web.Response:
             return forbidden(reason)
         if "call_destination" in changes:
             changes["call_destination"] = _destination(changes["call_destination"])
-        await _sip_credentials(changes, current["sip_username"], request.app[SIP_REALM])
+        await _sip_credentials(changes, current["sip_username"], deps(request).sip_realm)
         package = changes.get("package", current["package"])
         if package != "upgraded" and await admin.has_personal_number(conn, user_id):
             return problem(
@@ -296,7 +294,7 @@ async def delete_user(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
     if user_id == who.user_id:
         return forbidden("nobody deletes themselves")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         current = await admin.user_row(conn, who.account_id, user_id)
         if current is None:
             return not_found("user")
@@ -337,7 +335,7 @@ async def _may_handle_keys_of(conn: Conn, who: Principal, user_id: int) -> web.R
 async def create_api_key(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
     options = await body(request, KeyCreate)
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         if refused := await _may_handle_keys_of(conn, who, user_id):
             return refused
         key = await create_key(conn, who.account_id, user_id, options.label)
@@ -350,7 +348,7 @@ async def create_api_key(request: web.Request) -> web.Response:
 )
 async def list_api_keys(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         if refused := await _may_handle_keys_of(conn, who, user_id):
             return refused
         rows = await admin.list_keys(conn, who.account_id, user_id)
@@ -360,7 +358,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
 @API.op("DELETE", "/v1/api-keys/{key_id}", "Revoke an API key", ok=204, errors=(403, 404))
 async def revoke_api_key(request: web.Request) -> web.Response:
     who, key_id = principal(request), path_id(request, "key_id")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         owner = await admin.key_owner(conn, who.account_id, key_id)
         if owner is None:
             return not_found("API key")

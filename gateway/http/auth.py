@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.http.deps import deps
 from gateway.http.problems import Handler, problem
-from gateway.store import Pool
 from gateway.store.api_keys import Principal, authenticate
 
-POOL: web.AppKey[Pool] = web.AppKey("pool")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
@@ -27,7 +26,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key:
         return _unauthorized("send Authorization: Bearer <API key>")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         who = await authenticate(conn, key.strip())
     if who is None:
         return _unauthorized("the API key is unknown or revoked")

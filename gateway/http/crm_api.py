@@ -10,7 +10,8 @@ from datetime import date
 from aiohttp import web
 
 from gateway.domain.billing import allowance, over_quota
-from gateway.http.auth import POOL, principal
+from gateway.http.auth import principal
+from gateway.http.deps import deps
 from gateway.http.models import NotificationAction, NotificationsQuery, UsageQuery
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
@@ -32,7 +33,7 @@ async def _may_see_user(conn: Conn, who: Principal, user_id: int) -> bool:
 async def lead_timeline(request: web.Request) -> web.Response:
     """``GET /v1/leads/{lead_id}/timeline``: newest first, at most 200. Two indexed reads."""
     who, lead_id = principal(request), path_id(request, "lead_id")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         if not await crm_reads.lead_exists(conn, who.account_id, lead_id):
             return not_found("lead")
         # A call's steps (R18) say who rang and why: "agent 20 s no answer; route answered".
@@ -53,7 +54,7 @@ async def user_notifications(request: web.Request) -> web.Response:
     of the account's users' for owners and admins. One or two indexed reads."""
     who, user_id = principal(request), path_id(request, "user_id")
     state = query(request, NotificationsQuery).state
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
             return not_found("user")
         rows = await crm_reads.user_notifications(conn, who.account_id, user_id, state)
@@ -80,7 +81,7 @@ async def notification_action(request: web.Request) -> web.Response:
     if action == "new_lead" and agent is not None and agent != who.user_id and not who.manages:
         # The same rule as POST /v1/leads: agents own only leads they are the agent of.
         return forbidden("agents own only leads whose primary agent they are")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         try:
             outcome = await notifications.act(
                 conn,
@@ -116,7 +117,7 @@ async def user_usage(request: web.Request) -> web.Response:
     who, user_id = principal(request), path_id(request, "user_id")
     year, month = query(request, UsageQuery).period.split("-")
     period = date(int(year), int(month), 1)
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         if not await _may_see_user(conn, who, user_id):
             return not_found("user")
         user = await crm_reads.usage_allowances(conn, who.account_id, user_id)

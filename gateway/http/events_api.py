@@ -15,15 +15,14 @@ import contextlib
 
 from aiohttp import web
 
-from gateway.http.auth import POOL, principal
+from gateway.http.auth import principal
+from gateway.http.deps import deps
 from gateway.http.problems import problem
 from gateway.http.routes import API
 from gateway.http.validation import field_error
 from gateway.store.api_keys import Principal, still_valid
 from gateway.store.events import EventHub, events_after
 
-HUB: web.AppKey[EventHub] = web.AppKey("event_hub", EventHub)
-OPEN_STREAMS: web.AppKey[dict[int, int]] = web.AppKey("open_streams", dict)
 HEARTBEAT_S = 15.0
 CREDENTIAL_CHECK_S = 1.0
 MAX_STREAMS_PER_KEY = 5
@@ -47,8 +46,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     more to check the credential."""
     who = principal(request)
     last = _resume_point(request)
-    hub = request.app[HUB]
-    streams = request.app[OPEN_STREAMS]
+    hub = deps(request).event_hub
+    streams = deps(request).open_streams
     if streams.get(who.key_id, 0) >= MAX_STREAMS_PER_KEY:
         refused = problem(429, "Too Many Requests", f"at most {MAX_STREAMS_PER_KEY} event streams per key")
         refused.headers["Retry-After"] = "5"
@@ -72,7 +71,7 @@ async def _stream(request: web.Request, who: Principal, last: int, hub: EventHub
     waiter = hub.subscribe(who.user_id)
     loop = asyncio.get_running_loop()
     quiet_since = checked_at = loop.time()
-    pool = request.app[POOL]
+    pool = deps(request).pool
     try:
         await response.write(b": connected\n\n")
         while not hub.closing.is_set():

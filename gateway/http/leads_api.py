@@ -10,7 +10,8 @@ from aiohttp import web
 
 from gateway.domain.phone import to_e164
 from gateway.http import lead_import
-from gateway.http.auth import POOL, principal
+from gateway.http.auth import principal
+from gateway.http.deps import deps
 from gateway.http.models import LeadIn, LeadPatch, LeadSearch
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
@@ -19,8 +20,6 @@ from gateway.http.routes import API
 from gateway.http.validation import field_error, path_id
 from gateway.store import Referenced, leads
 from gateway.store.api_keys import Principal
-
-MAX_IMPORT_BYTES: web.AppKey[int] = web.AppKey("max_import_bytes", int)
 
 
 def _phones(raw: list[str]) -> tuple[str, ...]:
@@ -50,7 +49,7 @@ async def create_lead(request: web.Request) -> web.Response:
     row = leads.LeadRow(
         lead.name, agent, lead.source, _phones(lead.phones), tuple(dict.fromkeys(lead.tags)), lead.created_at
     )
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         try:
             lead_id = await leads.create_lead(conn, who.account_id, row)
         except Referenced:
@@ -65,7 +64,7 @@ async def search_leads(request: web.Request) -> web.Response:
     e164 = to_e164(query(request, LeadSearch).phone)
     if e164 is None:
         raise field_error("phone", "is not a phone number")  # well-formed, but no number: 422
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         ids = await leads.find_by_phone(conn, who.account_id, e164)
         found = [await leads.get_lead(conn, who.account_id, lead_id) for lead_id in ids]
     return web.json_response({"phone": e164, "leads": found})
@@ -74,7 +73,7 @@ async def search_leads(request: web.Request) -> web.Response:
 @API.op("GET", "/v1/leads/{lead_id}", "One lead with its phones and tags", errors=(404,))
 async def get_lead(request: web.Request) -> web.Response:
     who, lead_id = principal(request), path_id(request, "lead_id")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         lead = await leads.get_lead(conn, who.account_id, lead_id)
     return not_found("lead") if lead is None else web.json_response(lead)
 
@@ -93,7 +92,7 @@ async def patch_lead(request: web.Request) -> web.Response:
     new_phones, new_tags = changes.pop("phones", None), changes.pop("tags", None)
     phones = _phones(new_phones) if new_phones is not None else None
     tags = tuple(dict.fromkeys(new_tags)) if new_tags is not None else None
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         current = await leads.get_lead(conn, who.account_id, lead_id)
         if current is None:
             return not_found("lead")
@@ -114,7 +113,7 @@ async def delete_lead(request: web.Request) -> web.Response:
     who, lead_id = principal(request), path_id(request, "lead_id")
     if not who.manages:
         return forbidden("only an owner or admin deletes leads")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         deleted = await leads.delete_lead(conn, who.account_id, lead_id)
     return web.Response(status=204) if deleted else not_found("lead")
 
@@ -133,7 +132,7 @@ async def import_leads(request: web.Request) -> web.Response:
     who = principal(request)
     if not who.manages:
         return forbidden("only an owner or admin imports leads")
-    limit = request.app[MAX_IMPORT_BYTES]
+    limit = deps(request).max_import_bytes
     if request.content_length is not None and request.content_length > limit:
         return problem(413, "Payload Too Large", f"imports are limited to {limit} bytes")
     chunks, size = [], 0
@@ -144,7 +143,7 @@ async def import_leads(request: web.Request) -> web.Response:
         chunks.append(chunk)
     if not size:  # whatever its declared type, an empty upload holds no leads
         raise field_error("body", "is empty; send CSV with a header row, or NDJSON")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         agent_ids = await leads.user_ids(conn, who.account_id)
         try:
             rows, errors, count = lead_import.validate(

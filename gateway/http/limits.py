@@ -19,29 +19,25 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.domain.rate_limit import FailureLimiter
+from gateway.http.deps import Networks, deps
 from gateway.http.problems import problem
-
-LIMITER: web.AppKey[FailureLimiter] = web.AppKey("failure_limiter")
-Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
-TRUSTED_PROXIES: web.AppKey[Networks] = web.AppKey("trusted_proxies")
 
 
 @web.middleware
 async def limit_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/") or request.method == "OPTIONS":
         return await handler(request)
-    limiter = request.app[LIMITER]
+    limiter = deps(request).limiter
     source = client_source(
         request.remote or "unknown",
         request.headers.get("X-Forwarded-For"),
         request.headers.get("Forwarded"),
-        request.app[TRUSTED_PROXIES],
+        deps(request).trusted_proxies,
     )
     credential = _key_prefix(request.headers.get("Authorization", ""))
     now = time.monotonic()
@@ -139,7 +135,6 @@ def _too_many(limiter: FailureLimiter, blocked: list[str], now: float) -> web.Re
     return refused
 
 
-MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
 UNBOUNDED_PATHS = frozenset(("/v1/leads:import",))  # streams its upload against its own limit
 
 
@@ -148,7 +143,7 @@ async def refuse_oversized(request: web.Request, handler: Handler) -> web.Stream
     """413 on the declared Content-Length alone, before a byte of the body is
     read (aiohttp would otherwise wait for the body up to its size cap)."""
     declared = request.content_length
-    limit = request.app[MAX_BODY]
+    limit = deps(request).max_body_bytes
     if declared is not None and declared > limit and request.path not in UNBOUNDED_PATHS:
         return problem(413, "Payload Too Large", f"request bodies are limited to {limit} bytes")
     return await handler(request)

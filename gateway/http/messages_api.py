@@ -19,20 +19,18 @@ from aiohttp import web
 from gateway.domain.billing import text_segments
 from gateway.domain.outbound import choose_text_sender
 from gateway.domain.phone import to_e164
-from gateway.http.auth import POOL, principal
+from gateway.http.auth import principal
+from gateway.http.deps import deps
 from gateway.http.models import MessageOut
 from gateway.http.openapi import body
 from gateway.http.problems import problem
 from gateway.http.responses import forbidden, json_row
 from gateway.http.routes import API
 from gateway.http.validation import field_error
-from gateway.http.webhooks import INDEX
-from gateway.providers import Providers, SendFailed, Sent
+from gateway.providers import SendFailed, Sent
 from gateway.store import outbound
 from gateway.store.crm import may_use
 from gateway.store.index_queries import fetch_account_numbers, fetch_user
-
-PROVIDERS: web.AppKey[Providers] = web.AppKey("providers", Providers)
 
 
 @API.op(
@@ -54,7 +52,7 @@ async def send_message(request: web.Request) -> web.Response:
         raise field_error("to", "is not a phone number")
     if message.kind == "auto" and message.sender is not None:
         raise field_error("from", "auto texts use the Sender ID rules (R10); omit from")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         user = await fetch_user(conn, who.user_id)
         numbers = await fetch_account_numbers(conn, who.account_id)
         assert user is not None
@@ -92,15 +90,19 @@ async def send_message(request: web.Request) -> web.Response:
     sent: Sent | None = None
     failure: SendFailed | None = None
     try:
-        sent = await request.app[PROVIDERS].send(
-            number.provider, number.e164, to, message.body, request.app[PROVIDERS].status_url(number.provider)
+        sent = await deps(request).providers.send(
+            number.provider,
+            number.e164,
+            to,
+            message.body,
+            deps(request).providers.status_url(number.provider),
         )
     except SendFailed as exc:
         failure = exc
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         row = await outbound.record_outcome(
             conn,
-            request.app[INDEX](),
+            deps(request).index(),
             message_id=row["id"],
             number=number,
             user_id=who.user_id,

@@ -27,7 +27,8 @@ from gateway.domain.number_policy import (
 )
 from gateway.domain.outbound import choose_text_sender, may_send_from
 from gateway.domain.phone import to_e164
-from gateway.http.auth import POOL, principal
+from gateway.http.auth import principal
+from gateway.http.deps import deps
 from gateway.http.models import NumberPurchase, NumberSettings, SendersQuery, TextCode
 from gateway.http.openapi import body, query
 from gateway.http.problems import problem
@@ -43,8 +44,6 @@ from gateway.store.index_queries import (
     fetch_office_members,
     fetch_user,
 )
-
-INVENTORY: web.AppKey[purchases.Inventory] = web.AppKey("inventory")
 
 
 def number_json(number: Number, users: dict[int, User] | None = None) -> dict[str, Any]:
@@ -94,7 +93,7 @@ async def _number_of_account(conn: Conn, account_id: int, number_id: int) -> Num
 async def list_numbers(request: web.Request) -> web.Response:
     """Two round trips: the numbers, and the users their routes name."""
     who = principal(request)
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         numbers = await fetch_account_numbers(conn, who.account_id)
         users = await _users(conn, who.account_id)
     return web.json_response({"numbers": [number_json(n, users) for n in numbers]})
@@ -103,7 +102,7 @@ async def list_numbers(request: web.Request) -> web.Response:
 @API.op("GET", "/v1/numbers/{number_id}", "One number", errors=(404,))
 async def get_number(request: web.Request) -> web.Response:
     who, number_id = principal(request), path_id(request, "number_id")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         number = await _number_of_account(conn, who.account_id, number_id)
         users = await _users(conn, who.account_id)
     if number is None:
@@ -129,7 +128,7 @@ async def patch_number(request: web.Request) -> web.Response:
     route_users = changes.pop("route_user_ids", None)
     if route_users is not None and len(set(route_users)) != len(route_users):
         raise field_error("route_user_ids", "lists a user twice")
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with deps(request).pool.acquire() as conn, conn.transaction():
         number = await _number_of_account(conn, who.account_id, number_id)
         if number is None:
             return not_found("number")
@@ -202,7 +201,7 @@ async def senders(request: web.Request) -> web.Response:
     user_id = asked.user or who.user_id
     if user_id != who.user_id and not who.manages:
         return not_found("user")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         numbers = await fetch_account_numbers(conn, who.account_id)
         user = await fetch_user(conn, user_id)
     this = next((n for n in numbers if n.id == number_id), None)
@@ -233,7 +232,7 @@ async def senders(request: web.Request) -> web.Response:
 async def create_text_code(request: web.Request) -> web.Response:
     who, number_id = principal(request), path_id(request, "number_id")
     code = await body(request, TextCode)
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         number = await _number_of_account(conn, who.account_id, number_id)
         if number is None:
             return not_found("number")
@@ -271,7 +270,7 @@ async def purchase_number(request: web.Request) -> web.Response:
         raise field_error("owner_user_id", "only a personal number has an owner")
     if order.kind == "personal" and order.office_id is not None:
         raise field_error("office_id", "a personal number belongs to no office")
-    async with request.app[POOL].acquire() as conn:
+    async with deps(request).pool.acquire() as conn:
         plan = await number_store.account_plan(conn, who.account_id)
         if order.office_id is not None and not await number_store.office_exists(
             conn, who.account_id, order.office_id
@@ -296,7 +295,7 @@ async def purchase_number(request: web.Request) -> web.Response:
         try:
             bought = await purchases.buy(
                 conn,
-                request.app[INVENTORY],
+                deps(request).inventory,
                 account_id=who.account_id,
                 kind=order.kind,
                 office_id=order.office_id,
@@ -361,8 +360,8 @@ async def release_number(request: web.Request) -> web.Response:
     who, number_id = principal(request), path_id(request, "number_id")
     if who.role != "owner":
         return forbidden("only the account owner releases numbers")
-    async with request.app[POOL].acquire() as conn:
-        released = await purchases.release(conn, request.app[INVENTORY], who.account_id, number_id)
+    async with deps(request).pool.acquire() as conn:
+        released = await purchases.release(conn, deps(request).inventory, who.account_id, number_id)
     if not released:
         return not_found("number")
     return web.Response(status=204)

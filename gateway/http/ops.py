@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.http.deps import deps
 from gateway.http.openapi import json_text
 from gateway.http.problems import problem
 from gateway.http.routes import API
-from gateway.metrics import Metrics
-
-Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
-
-METRICS = web.AppKey("metrics", Metrics)
-READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 
 @API.op("GET", "/healthz", "The process is alive", public=True)
@@ -31,7 +24,7 @@ async def readyz(request: web.Request) -> web.Response:
     away but calls still route from the index snapshot and writes wait in the
     outbox (so a load balancer keeps sending traffic); else 503 with the reason.
     Costs one ``SELECT 1``."""
-    ok, detail = await request.app[READINESS]()
+    ok, detail = await deps(request).readiness()
     if ok:
         return web.json_response({"status": detail.pop("status", "ready"), **detail})
     return problem(503, "Service Unavailable", str(detail.get("reason", "not ready")), **detail)
@@ -40,7 +33,7 @@ async def readyz(request: web.Request) -> web.Response:
 @API.op("GET", "/metrics", "Prometheus exposition", public=True, produces="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of this gateway's registry."""
-    body = generate_latest(request.app[METRICS].registry)
+    body = generate_latest(deps(request).metrics.registry)
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -11,16 +11,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from gateway.domain.index import Index
 from gateway.domain.phone import to_e164
-from gateway.http.load_shed import LoopLag
-from gateway.http.ops import METRICS
+from gateway.http.deps import deps
 from gateway.http.problems import problem
 from gateway.http.responses import not_found
 from gateway.http.routes import API
@@ -28,21 +25,11 @@ from gateway.http.signatures import telnyx_valid, twilio_algorithm, twilio_valid
 from gateway.http.validation import field_error
 from gateway.providers import map_status
 from gateway.store import DB_AWAY, texts
-from gateway.store.outbox import Outbox
-from gateway.store.status_batch import StatusBatcher
-from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
+from gateway.store.text_batch import DATA_REFUSED, Overloaded
 
 log = logging.getLogger(__name__)
 
-INDEX: web.AppKey[Callable[[], Index]] = web.AppKey("index")
-TWILIO_TOKEN: web.AppKey[str] = web.AppKey("twilio_token", str)
-TELNYX_KEY: web.AppKey[str] = web.AppKey("telnyx_key", str)
-PUBLIC_BASE_URL: web.AppKey[str] = web.AppKey("public_base_url", str)
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
-OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
-TEXTS: web.AppKey[TextBatcher] = web.AppKey("texts")
-STATUSES: web.AppKey[StatusBatcher] = web.AppKey("statuses")
-LOOP_LAG: web.AppKey[LoopLag] = web.AppKey("loop_lag")
 _DB_DOWN = DB_AWAY
 # Twilio signs names and values run together, so a captured webhook can be
 # re-cut at a field boundary and still verify (issue 12, item 8). What Twilio
@@ -94,7 +81,7 @@ _TWILIO_NUMBERED = re.compile(r"^(MediaUrl|MediaContentType)[0-9]{1,2}$")
 
 
 def _refuse(request: web.Request, provider: str, reason: str, status: int, detail: str) -> web.Response:
-    request.app[METRICS].webhooks_rejected.labels(provider=provider, reason=reason).inc()
+    deps(request).metrics.webhooks_rejected.labels(provider=provider, reason=reason).inc()
     log.warning("%s webhook refused from %s: %s", provider, request.remote, reason)
     return problem(status, "Forbidden" if status == 403 else "Service Unavailable", detail)
 
@@ -102,9 +89,9 @@ def _refuse(request: web.Request, provider: str, reason: str, status: int, detai
 def _shed(request: web.Request, provider: str) -> web.Response | None:
     """503 before the body is read while the loop is too far behind (see
     :mod:`gateway.http.load_shed`); None when the request may go on."""
-    if not request.app[LOOP_LAG].overloaded:
+    if not deps(request).loop_lag.overloaded:
         return None
-    request.app[METRICS].texts_received.labels(provider=provider, outcome="overloaded").inc()
+    deps(request).metrics.texts_received.labels(provider=provider, outcome="overloaded").inc()
     refused = problem(503, "Service Unavailable", "the gateway is behind; redeliver it")
     refused.headers["Retry-After"] = "1"
     return refused
@@ -142,9 +129,9 @@ def _text(body: str) -> str:
 
 
 async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accepted | web.Response:
-    metrics = request.app[METRICS]
+    metrics = deps(request).metrics
     try:
-        accepted = await request.app[TEXTS].accept(request.app[INDEX](), text)
+        accepted = await deps(request).texts.accept(deps(request).index(), text)
     except Overloaded as exc:
         # More waiting than can be written within the provider's budget: say so
         # now, rather than answer after the provider gave up (issue 13).
@@ -165,7 +152,7 @@ async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accept
     except _DB_DOWN as exc:
         # The database is away: acknowledge once the text is durable in the outbox (issue 7).
         try:
-            await request.app[OUTBOX].add_text(text)
+            await deps(request).outbox.add_text(text)
         except OSError as disk:
             metrics.texts_received.labels(provider=text.provider, outcome="db_unavailable").inc()
             log.warning("text %s not stored (%s; outbox: %s)", text.provider_message_id, exc, disk)
@@ -179,7 +166,7 @@ async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accept
 
 async def _twilio_form(request: web.Request) -> list[tuple[str, str]] | web.Response:
     """The form's pairs if X-Twilio-Signature verifies, else the refusal to send."""
-    token = request.app[TWILIO_TOKEN]
+    token = deps(request).twilio_auth_token
     if not token:
         return _refuse(request, "twilio", "not_configured", 503, "the Twilio webhook is not configured")
     params: list[tuple[str, str]] = []  # no body at all: an empty form, which no signature covers
@@ -189,7 +176,7 @@ async def _twilio_form(request: web.Request) -> list[tuple[str, str]] | web.Resp
         params = [(name, value) for name, value in form.items() if isinstance(value, str)]
     elif request.body_exists:
         raise field_error("Content-Type", "must be application/x-www-form-urlencoded", status=415)
-    url = request.app[PUBLIC_BASE_URL].rstrip("/") + request.path_qs
+    url = deps(request).public_base_url.rstrip("/") + request.path_qs
     algorithm = twilio_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
     if not twilio_valid(token, url, params, request.headers.get("X-Twilio-Signature", ""), algorithm):
         return _refuse(request, "twilio", "bad_signature", 403, "invalid X-Twilio-Signature")
@@ -246,7 +233,7 @@ async def _status_update(
     request: web.Request, provider: str, message_id: str, status: str, error: str | None
 ) -> web.Response:
     try:
-        changed = await request.app[STATUSES].update(provider, message_id, status, error)
+        changed = await deps(request).statuses.update(provider, message_id, status, error)
     except Overloaded:
         refused = problem(503, "Service Unavailable", "too many status callbacks waiting; redeliver it")
         refused.headers["Retry-After"] = "1"
@@ -307,7 +294,7 @@ async def twilio_messages(request: web.Request) -> web.Response:
 async def telnyx_messages(request: web.Request) -> web.Response:
     if (shed := _shed(request, "telnyx")) is not None:
         return shed
-    key = request.app[TELNYX_KEY]
+    key = deps(request).telnyx_public_key
     if not key:
         return _refuse(request, "telnyx", "not_configured", 503, "the Telnyx webhook is not configured")
     raw = await request.read()  # the raw bytes are what Telnyx signed, never re-serialised JSON
