@@ -7,12 +7,14 @@ FROM python:3.11.13-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     GATEWAY_HTTP_PORT=8080 GATEWAY_SIP_PORT=5060
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY gateway ./gateway
 COPY config ./config
-# The process runs as uid 10001; the code stays root's (read-only to it) and
-# only var/ (the outbox) is its own.
-RUN pip install . \
+# Exactly the versions requirements.lock pins, then the gateway itself. The
+# process runs as uid 10001; the code stays root's (read-only to it) and only
+# var/ (the outbox) is its own.
+RUN pip install -r requirements.lock \
+ && pip install --no-deps . \
  && useradd --system --uid 10001 --home-dir /app --no-create-home gateway \
  && mkdir -p /app/var/outbox \
  && chown -R gateway:gateway /app/var \

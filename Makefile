@@ -5,13 +5,24 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CODE   := gateway tests benchmarks
 
-.PHONY: run test lint typecheck unit bench install clean clean-data
+.PHONY: run test lint typecheck unit bench install clean clean-data lock
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements-dev.lock pins (`make lock` refreshes it).
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+## Re-pin requirements.lock (runtime) and requirements-dev.lock (+ tests and
+## linters) to the newest releases pyproject.toml admits; review, test, commit.
+lock:
+	$(BIN)/pip install --quiet "pip-tools~=7.5"
+	$(BIN)/pip-compile --quiet --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+	  -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --extra dev -o requirements-dev.lock pyproject.toml
 
 install: $(STAMP)
 
