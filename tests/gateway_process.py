@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -55,6 +56,19 @@ class GatewayProcess:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.http_port}/readyz") as r:
             body: dict[str, object] = await r.json(content_type=None)
             return body
+
+    async def until(self, check: Callable[[dict[str, object]], bool], what: str, limit_s: float = 15) -> None:
+        """Wait until ``check`` holds for /readyz (no fixed sleeps: a slow
+        machine waits longer, a fast one not at all)."""
+        deadline = asyncio.get_running_loop().time() + limit_s
+        while not check(state := await self.ready()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not within {limit_s}s: {what} ({state})")
+            await asyncio.sleep(0.05)
+
+    async def routable(self) -> None:
+        """The index holds the seeded numbers (it follows the seed by NOTIFY)."""
+        await self.until(lambda s: int(str(s.get("index_numbers", 0))) > 0, "numbers in the index")
 
     async def settled(self, limit_s: float = 30) -> dict[str, object]:
         """Wait until the outbox is empty and no call is in progress."""

@@ -195,6 +195,10 @@ async def test_sixty_calls_across_two_gateways_admit_exactly_fifty(db_dsn: str, 
         assert [await metric(gw, "gateway_cluster_live_instances") for gw in (a, b)] == [2, 2]
 
 
+async def _metric_is(gw: GatewayProcess, name: str, value: float) -> bool:
+    return await metric(gw, name) == value
+
+
 async def metric(gw: GatewayProcess, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{gw.http_port}/metrics") as r:
         text = await r.text()
@@ -257,7 +261,15 @@ async def test_postgres_away_admits_each_gateways_share_then_reconciles(
         for gw in (a, b):
             await until(lambda gw=gw: _degraded(gw), 10, "degraded")  # type: ignore[misc]
         waves = await carriers(tmp_path, "away", (a, b), calls=3, pause_ms=6000)
-        await asyncio.sleep(2.5)  # all six INVITEs decided; four calls up
+        for gw in (a, b):  # each gateway decided its three INVITEs: two calls up, one 486
+            await gw.until(lambda s: s.get("active_calls") == 2, "two calls up")
+            await until(
+                lambda gw=gw: _metric_is(
+                    gw, 'gateway_call_admissions_total{mode="degraded",result="refused"}', 1
+                ),
+                10,
+                "one refused",
+            )  # type: ignore[misc]
         states = [(await gw.ready())["call_slots"] for gw in (a, b)]
         assert [s["degraded_admissions"] for s in states] == [2, 2], states  # type: ignore[index]
         assert [(await gw.ready())["active_calls"] for gw in (a, b)] == [2, 2]
@@ -424,7 +436,7 @@ async def test_draining_one_gateway_leaves_the_other_serving(db_dsn: str, tmp_pa
             service=NUMBER,
             pause_ms=1500,
         )
-        await asyncio.sleep(0.7)
+        await a.until(lambda s: s.get("active_calls") == 1, "A's call is up")
         a.terminate()
         assert await first.wait(20) == 0, first.errors()  # A's call in progress finished normally
         assert await a.wait(20) == 0

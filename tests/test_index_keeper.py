@@ -173,7 +173,10 @@ async def test_recovers_after_postgres_restart_and_catches_up(private_cluster: E
     try:
         assert keeper.ready
         await asyncio.to_thread(private_cluster.stop_server)
-        await asyncio.sleep(0.2)
+        for _ in range(100):  # the listener notices its connection is gone
+            if not keeper.ready:
+                break
+            await asyncio.sleep(0.02)
         assert not keeper.ready
         await asyncio.to_thread(private_cluster.start_server)
         # Changes made while the listener is still away must arrive through the reload.

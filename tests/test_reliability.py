@@ -102,7 +102,7 @@ async def test_database_outage_loses_nothing(private_cluster: EmbeddedPostgres, 
     await gw.start()
     try:
         await seed(private_cluster.dsn, agent_port)
-        await asyncio.sleep(0.5)  # the index follows the seed by NOTIFY
+        await gw.routable()
         await asyncio.to_thread(private_cluster.stop_server)
         state = await gw.ready()
         assert state["status"] == "degraded" and "database unreachable" in str(state["reason"])
@@ -157,7 +157,8 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(db_dsn: str, tmp_pat
                     acked.append(sid)
 
         sender = asyncio.create_task(texts())
-        await asyncio.sleep(1.5)
+        while len(acked) < 50 or not completed_calls(carrier.messages()):  # traffic in flight to lose
+            await asyncio.sleep(0.05)
         gw.kill()
         await gw.wait()
         sender.cancel()
@@ -203,7 +204,7 @@ async def test_sigterm_drains_calls_and_refuses_new_ones(db_dsn: str, tmp_path: 
             "carrier", "uac_dialog.xml", tmp_path, ip=CARRIER_IP, remote=f"127.0.0.1:{gw.sip_port}",
             service=NUMBER, pause_ms=2500,
         )  # fmt: skip
-        await asyncio.sleep(1.0)  # the call is up
+        await gw.until(lambda s: s.get("active_calls") == 1, "the call is up")
         gw.terminate()
         for _ in range(50):  # /readyz says draining once new INVITEs are refused
             if "draining" in str((await gw.ready()).get("detail", "")):
@@ -241,7 +242,7 @@ async def test_database_stopped_mid_batch_acknowledges_only_what_is_stored(
     await gw.start()
     try:
         await seed(private_cluster.dsn, free_port(PHONE_IP))
-        await asyncio.sleep(0.5)
+        await gw.routable()
         answers: dict[str, int] = {}
         stop = asyncio.Event()
 
@@ -253,9 +254,10 @@ async def test_database_stopped_mid_batch_acknowledges_only_what_is_stored(
                 n += 1
 
         senders = [asyncio.create_task(sender(w)) for w in range(24)]
-        await asyncio.sleep(1.0)
+        while sum(status == 200 for status in answers.values()) < 100:  # stored before the cut
+            await asyncio.sleep(0.05)
         await asyncio.to_thread(private_cluster.stop_server)
-        await asyncio.sleep(1.0)
+        await gw.until(lambda s: int(str(s.get("outbox_backlog", 0))) >= 20, "texts in the outbox")
         stop.set()
         await asyncio.gather(*senders)
         assert (await gw.ready())["outbox_backlog"] > 0  # the cut came while texts were arriving
