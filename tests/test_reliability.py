@@ -297,3 +297,22 @@ async def test_the_outbox_starts_whatever_a_crash_left_in_its_files(tmp_path: Pa
     outbox._write_offset(entries[-1].end)
     assert int((outbox_dir / "outbox.offset").read_text()) == entries[-1].end
     assert sorted(p.name for p in outbox_dir.iterdir()) == ["outbox.jsonl", "outbox.offset"]
+
+
+async def test_an_outbox_entry_this_gateway_cannot_read_is_skipped_not_fatal(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """Entries are read back through the records' own types (pydantic): one
+    that does not fit (damaged, or from an incompatible version) is counted
+    and skipped, and the entries after it are applied."""
+    from gateway.store.outbox import Outbox, _Entry
+
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        outbox = Outbox(None, tmp_path / "outbox", lambda: None)  # type: ignore[arg-type]
+        await outbox._apply_one(conn, _Entry("call", {"sip_call_id": "x"}))
+        await outbox._apply_one(conn, _Entry("text", {"provider": "twilio", "received_at": "not a time"}))
+        assert outbox.refused == 2
+        assert await conn.fetchval("SELECT count(*) FROM call_records") == 0
+    finally:
+        await conn.close()

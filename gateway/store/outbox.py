@@ -233,11 +233,19 @@ class Outbox:
                     log.error("outbox: %s entry refused by the database, skipped: %s", entry.kind, exc)
 
     async def _apply_one(self, conn: Any, entry: _Entry) -> None:
-        if entry.kind == "call":
-            await write_call(conn, call_from_json(entry.payload))
+        try:
+            record = (
+                call_from_json(entry.payload) if entry.kind == "call" else texts.text_from_json(entry.payload)
+            )
+        except ValueError as exc:  # pydantic's ValidationError: not an entry this gateway can read
+            self.refused += 1
+            log.error("outbox: %s entry unreadable, skipped: %s", entry.kind, exc)
+            return
+        if isinstance(record, CallRecord):
+            await write_call(conn, record)
         else:
             try:
-                await texts.accept(conn, self._index(), texts.text_from_json(entry.payload))
+                await texts.accept(conn, self._index(), record)
             except texts.UnknownNumber:
                 self.refused += 1  # the number was released meanwhile; nothing to route it to
                 log.error("outbox: text to %s, a number no longer ours, dropped", entry.payload["to_e164"])

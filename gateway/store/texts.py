@@ -10,11 +10,12 @@ of text messages").
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from pydantic import TypeAdapter
 
 from gateway.domain.billing import billing_period, text_segments
 from gateway.domain.index import Index, Number
@@ -218,15 +219,18 @@ async def _accept_round_robin(
     return Accepted(message_id, duplicate=False, recipients=recipients, reason=decision.reason)
 
 
+_TEXT_JSON = TypeAdapter(InboundText)
+
+
 def text_to_json(text: InboundText) -> dict[str, Any]:
-    """The outbox's form of a text (issue 7)."""
-    data = dataclasses.asdict(text)
-    data["received_at"] = text.received_at.isoformat()
+    """The outbox's form of a text (issue 7), derived from the dataclass."""
+    data: dict[str, Any] = _TEXT_JSON.dump_python(text, mode="json")
     return data
 
 
 def text_from_json(data: dict[str, Any]) -> InboundText:
-    return InboundText(**{**data, "received_at": datetime.fromisoformat(data["received_at"])})
+    """The text back; a damaged entry raises ``pydantic.ValidationError``."""
+    return _TEXT_JSON.validate_python(data)
 
 
 async def existing_ids(conn: Conn, texts: list[InboundText]) -> dict[tuple[str, str], int]:
