@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 
 from aiohttp import web
+from aiohttp_sse import sse_response
 
 from gateway.http.auth import principal
 from gateway.http.deps import deps
@@ -64,42 +65,38 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, who: Principal, last: int, hub: EventHub) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
-    await response.prepare(request)
-    waiter = hub.subscribe(who.user_id)
-    loop = asyncio.get_running_loop()
-    quiet_since = checked_at = loop.time()
+    """aiohttp-sse frames the events, pings every ``HEARTBEAT_S`` and gives up
+    on a client that reads nothing for ``send_timeout``; this loop decides what
+    to send and when the stream ends."""
     pool = deps(request).pool
-    try:
-        await response.write(b": connected\n\n")
-        while not hub.closing.is_set():
-            if request.transport is None or request.transport.is_closing():
-                break  # the client left: give its place back now, not at the next heartbeat
-            waiter.clear()
-            async with pool.acquire() as conn:
-                if loop.time() - checked_at >= CREDENTIAL_CHECK_S:
-                    if not await still_valid(conn, who):
-                        break  # revoked, deleted or demoted: the stream ends with its credential
-                    checked_at = loop.time()
-                events = await events_after(conn, who.user_id, last)
-            for event in events:
-                await response.write(
-                    f"id: {event['id']}\nevent: {event['kind']}\ndata: {event['payload']}\n\n".encode()
-                )
-                last = event["id"]
-                quiet_since = loop.time()
-            if len(events) == 500:
-                continue  # more waiting: read on before sleeping
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CREDENTIAL_CHECK_S):
-                    await waiter.wait()
-            if not waiter.is_set() and loop.time() - quiet_since >= HEARTBEAT_S:
-                await response.write(b": heartbeat\n\n")
-                quiet_since = loop.time()
-    except ConnectionResetError:
-        pass  # the client went away
-    finally:
-        hub.unsubscribe(who.user_id, waiter)
+    async with sse_response(
+        request, sep="\n", headers={"X-Accel-Buffering": "no"}, ping_interval=HEARTBEAT_S
+    ) as response:
+        waiter = hub.subscribe(who.user_id)
+        loop = asyncio.get_running_loop()
+        checked_at = loop.time()
+        try:
+            await response.write(b": connected\n\n")
+            while not hub.closing.is_set() and response.is_connected():
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client left: give its place back now, not at the next ping
+                waiter.clear()
+                async with pool.acquire() as conn:
+                    if loop.time() - checked_at >= CREDENTIAL_CHECK_S:
+                        if not await still_valid(conn, who):
+                            break  # revoked, deleted or demoted: the stream ends with its credential
+                        checked_at = loop.time()
+                    events = await events_after(conn, who.user_id, last)
+                for event in events:
+                    await response.send(event["payload"], id=str(event["id"]), event=event["kind"])
+                    last = event["id"]
+                if len(events) == 500:
+                    continue  # more waiting: read on before sleeping
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CREDENTIAL_CHECK_S):
+                        await waiter.wait()
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client went away (RuntimeError: a write after the connection closed)
+        finally:
+            hub.unsubscribe(who.user_id, waiter)
     return response
