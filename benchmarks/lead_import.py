@@ -9,7 +9,6 @@ Run: ``python benchmarks/lead_import.py [--phones N]`` (N = leads here).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import phones_argument, result_line
+from gateway import config
 from gateway.config import DatabaseSettings, HttpSettings, Settings
 from gateway.server import Gateway
 from gateway.store.api_keys import create_account
@@ -75,7 +75,7 @@ async def main(n: int) -> None:
             Path(tmp) / "pg", extra_options=("-c fsync=off", "-c synchronous_commit=off")
         )
         dsn = cluster.start()
-        settings = dataclasses.replace(
+        settings = config.replace(
             Settings(),
             http=HttpSettings(host="127.0.0.1", port=0, max_import_bytes=256 << 20),
             database=DatabaseSettings(url=dsn),

@@ -1,27 +1,37 @@
 """Typed settings: built-in defaults <- TOML file <- ``GATEWAY_<SECTION>_<KEY>`` env.
 
-The one place that knows every setting. ``config/gateway.toml`` mirrors the
-defaults below and ``config/example.toml`` documents each key; a test keeps all
-three in step. Loading never raises anything but :class:`ConfigError`, whose
-message names the offending key, so the CLI can print one line and exit 2.
+The one place that knows every setting, read with pydantic-settings (its TOML
+and environment sources, ``extra="forbid"`` so a typo is an error). Values
+arrive parsed: networks as networks, secrets as ``SecretStr`` (never printed
+by accident). ``config/gateway.toml`` mirrors the defaults below and
+``config/example.toml`` documents each key; a test keeps all three in step.
+Loading never raises anything but :class:`ConfigError`, whose message names
+the offending key, so the CLI can print one line and exit 2.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 ENV_PREFIX = "GATEWAY_"
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(Exception):
@@ -33,23 +43,42 @@ class ConfigError(Exception):
         self.problem = problem
 
 
-@dataclass(frozen=True, slots=True)
-class HttpSettings:
+def trunk_networks(value: str) -> list[Network]:
+    """Comma-separated networks (``sip.trunk_cidrs``, ``http.trusted_proxies``)."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()]
+
+
+def _networks(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return tuple(trunk_networks(value))
+        except ValueError as exc:
+            raise ValueError(f"must be comma-separated networks like 10.0.0.0/24 ({exc})") from None
+    return value
+
+
+Networks = Annotated[tuple[Network, ...], BeforeValidator(_networks)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - a server; operators narrow it per deployment
     port: int = 8080
     public_base_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = 1_048_576
     max_import_bytes: int = 67_108_864
-    trusted_proxies: str = ""
+    trusted_proxies: Networks = ()
 
 
-@dataclass(frozen=True, slots=True)
-class SipSettings:
+class SipSettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104
     port: int = 5060
     realm: str = "gateway"
     advertised_host: str = ""
-    trunk_cidrs: str = "127.0.0.1/32"
+    trunk_cidrs: Networks = (ipaddress.ip_network("127.0.0.1/32"),)
     outbound_trunk: str = ""
     outbound_ring_timeout_s: float = 60.0
     max_call_s: float = 7200.0
@@ -58,18 +87,16 @@ class SipSettings:
     udp_receive_buffer_bytes: int = 4_194_304
     max_text_bytes: int = 4096
     per_number_metrics: int = 50
-    nonce_secret: str = ""
+    nonce_secret: SecretStr = SecretStr("")
     digest_algorithms: str = "MD5,SHA-256"
 
 
-@dataclass(frozen=True, slots=True)
-class LimitsSettings:
+class LimitsSettings(_Section):
     failures_per_s: float = 1.0
     failure_burst: int = 30
 
 
-@dataclass(frozen=True, slots=True)
-class TextsSettings:
+class TextsSettings(_Section):
     """Group commit of inbound texts (issue 13)."""
 
     batch_max: int = 256
@@ -78,8 +105,7 @@ class TextsSettings:
     shed_at_loop_lag_s: float = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterSettings:
+class ClusterSettings(_Section):
     """Several gateways on one database (issue 14)."""
 
     slots: Literal["local", "postgres"] = "local"
@@ -89,13 +115,11 @@ class ClusterSettings:
     admit_timeout_s: float = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxSettings:
+class OutboxSettings(_Section):
     dir: str = "var/outbox"
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseSettings:
+class DatabaseSettings(_Section):
     url: str = ""
     embedded_dir: str = "var/pg"
     embedded_user: str = "postgres"
@@ -105,87 +129,161 @@ class DatabaseSettings:
     command_timeout_s: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class IndexSettings:
+class IndexSettings(_Section):
     reload_interval_s: float = 600.0
     reconnect_max_backoff_s: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class ShutdownSettings:
+class ShutdownSettings(_Section):
     grace_period_s: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class TwilioSettings:
-    auth_token: str = ""
+class TwilioSettings(_Section):
+    auth_token: SecretStr = SecretStr("")
     account_sid: str = ""
     api_base_url: str = "https://api.twilio.com"
 
 
-@dataclass(frozen=True, slots=True)
-class TelnyxSettings:
+class TelnyxSettings(_Section):
     public_key: str = ""
-    api_key: str = ""
+    api_key: SecretStr = SecretStr("")
     api_base_url: str = "https://api.telnyx.com"
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundSettings:
+class OutboundSettings(_Section):
     timeout_s: float = 10.0
     max_attempts: int = 3
     max_retry_after_s: float = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class LogSettings:
+class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    http: HttpSettings = field(default_factory=HttpSettings)
-    sip: SipSettings = field(default_factory=SipSettings)
-    database: DatabaseSettings = field(default_factory=DatabaseSettings)
-    outbox: OutboxSettings = field(default_factory=OutboxSettings)
-    texts: TextsSettings = field(default_factory=TextsSettings)
-    cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    limits: LimitsSettings = field(default_factory=LimitsSettings)
-    index: IndexSettings = field(default_factory=IndexSettings)
-    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
-    twilio: TwilioSettings = field(default_factory=TwilioSettings)
-    telnyx: TelnyxSettings = field(default_factory=TelnyxSettings)
-    outbound: OutboundSettings = field(default_factory=OutboundSettings)
-    log: LogSettings = field(default_factory=LogSettings)
+class Settings(BaseSettings):
+    """All settings. ``Settings()`` is the built-in defaults alone (no file, no
+    environment); :func:`load_settings` reads both."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        frozen=True,
+    )
+
+    http: HttpSettings = HttpSettings()
+    sip: SipSettings = SipSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    texts: TextsSettings = TextsSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    limits: LimitsSettings = LimitsSettings()
+    index: IndexSettings = IndexSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    telnyx: TelnyxSettings = TelnyxSettings()
+    outbound: OutboundSettings = OutboundSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def replace(model: M, **changes: Any) -> M:
+    """A copy of a settings object (or section) with ``changes``, validated
+    like a loaded one (strings become networks and secrets)."""
+    return type(model).model_validate({**dict(model), **changes})
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (``path``, else ``$GATEWAY_CONFIG``, else
-    ``config/gateway.toml`` when present), then environment overrides."""
+    ``config/gateway.toml`` when present), then ``GATEWAY_<SECTION>_<KEY>``
+    variables of ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
-    raw: dict[str, dict[str, Any]] = {}
+    given = env
     chosen = path or (Path(env["GATEWAY_CONFIG"]) if env.get("GATEWAY_CONFIG") else None)
     if chosen is None and DEFAULT_CONFIG_PATH.is_file():
         chosen = DEFAULT_CONFIG_PATH
     if chosen is not None:
-        raw = _read_toml(chosen)
-    for name, value in env.items():
+        _check_toml(chosen)
+    for name in env:
         if name.startswith(ENV_PREFIX) and name != "GATEWAY_CONFIG":
-            section, key = _env_key(name)
-            raw.setdefault(section, {})[key] = value
-    return _build(raw)
+            _env_section(name)
+
+    class FromFileAndEnvironment(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [_Environment(settings_cls, given)]
+            if chosen is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=chosen))
+            return tuple(sources)
+
+    try:
+        loaded = FromFileAndEnvironment()
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+    _validate(settings)
+    return settings
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """``GATEWAY_<SECTION>_<KEY>`` variables of a given mapping (the process
+    environment, or a test's): section and key split at the first underscore
+    after the prefix, as pydantic-settings' nested delimiter would."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, str]] = {}
+        for name, value in self._env.items():
+            if name.startswith(ENV_PREFIX) and name != "GATEWAY_CONFIG":
+                section, key = _env_section(name)
+                out.setdefault(section, {})[key] = value
+        return out
 
 
 def schema() -> dict[str, dict[str, object]]:
-    """Every section and key with its default, for docs and drift tests."""
+    """Every section and key with its default as the TOML file spells it, for
+    docs and drift tests."""
+    defaults = Settings()
     out: dict[str, dict[str, object]] = {}
-    for section in dataclasses.fields(Settings):
-        defaults = _section_type(section.name)()
-        out[section.name] = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
+    for name in Settings.model_fields:
+        section = getattr(defaults, name)
+        out[name] = {key: _as_toml(getattr(section, key)) for key in type(section).model_fields}
     return out
 
 
-def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+def _as_toml(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return value
+
+
+def _check_toml(path: Path) -> None:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -195,77 +293,34 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
     for section, body in data.items():
         if not isinstance(body, dict):
             raise ConfigError(section, "must be a [section] table")
-    return data
 
 
-def _env_key(name: str) -> tuple[str, str]:
+def _env_section(name: str) -> tuple[str, str]:
     rest = name[len(ENV_PREFIX) :].lower()
-    for section in (f.name for f in dataclasses.fields(Settings)):
+    for section in Settings.model_fields:
         if rest.startswith(section + "_"):
             return section, rest[len(section) + 1 :]
     raise ConfigError(name, "environment variable names no known section")
 
 
-def _section_type(name: str) -> type[Any]:
-    hints = typing.get_type_hints(Settings)
-    section_type: type[Any] = hints[name]
-    return section_type
-
-
-def _build(raw: dict[str, dict[str, Any]]) -> Settings:
-    sections: dict[str, Any] = {}
-    known = {f.name for f in dataclasses.fields(Settings)}
-    for section in raw:
-        if section not in known:
-            raise ConfigError(section, f"unknown section (known: {', '.join(sorted(known))})")
-    for name in known:
-        cls = _section_type(name)
-        hints = typing.get_type_hints(cls)
-        values = raw.get(name, {})
-        for key in values:
-            if key not in hints:
-                raise ConfigError(f"{name}.{key}", "unknown key")
-        kwargs = {key: _coerce(f"{name}.{key}", hints[key], value) for key, value in values.items()}
-        sections[name] = cls(**kwargs)
-    settings = Settings(**sections)
-    _validate(settings)
-    return settings
-
-
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    origin = get_origin(hint)
-    if origin is Literal:
-        choices = get_args(hint)
-        if value not in choices:
-            raise ConfigError(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        raise ConfigError(key, "optional settings are not supported")  # pragma: no cover
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise ConfigError(key, f"must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(key, f"must be an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"must be an integer, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(key, f"must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"must be a number, got {value!r}") from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
-        return value
-    raise ConfigError(key, f"unsupported setting type {hint!r}")  # pragma: no cover
+def _config_error(exc: ValidationError) -> ConfigError:
+    """pydantic's first complaint as ``section.key: problem``."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        if len(error["loc"]) == 1:
+            return ConfigError(key, f"unknown section (known: {', '.join(sorted(Settings.model_fields))})")
+        return ConfigError(key, "unknown key")
+    if kind == "literal_error":
+        return ConfigError(key, f"must be one of {error['ctx']['expected']}, got {error['input']!r}")
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return ConfigError(key, f"must be an integer, got {error['input']!r}")
+    if kind in ("float_parsing", "float_type"):
+        return ConfigError(key, f"must be a number, got {error['input']!r}")
+    if kind == "value_error":
+        return ConfigError(key, str(error["ctx"]["error"]))
+    return ConfigError(key, error["msg"])
 
 
 def _validate(s: Settings) -> None:
@@ -318,18 +373,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError("cluster.heartbeat_s", "must be at most half of cluster.lease_s")
     if len(s.cluster.instance_id) > 100:
         raise ConfigError("cluster.instance_id", "must be at most 100 characters")
-    if s.cluster.slots == "postgres" and not s.sip.nonce_secret:
+    if s.cluster.slots == "postgres" and not s.sip.nonce_secret.get_secret_value():
         raise ConfigError(
             "sip.nonce_secret", "must be set, the same on every gateway, when cluster.slots = postgres"
         )
     if s.shutdown.grace_period_s < 0:
         raise ConfigError("shutdown.grace_period_s", "must be 0 or more")
-    try:
-        trunk_networks(s.http.trusted_proxies)
-    except ValueError as exc:
-        raise ConfigError(
-            "http.trusted_proxies", f"must be comma-separated networks like 10.0.0.0/24 ({exc})"
-        ) from None
     _check_sip(s.sip)
     if not s.sip.realm or any(c.isspace() or c in '"\\' for c in s.sip.realm):
         raise ConfigError("sip.realm", "must be a non-empty token without spaces or quotes")
@@ -360,11 +409,6 @@ def check_dsn(key: str, dsn: str) -> None:
         raise ConfigError(key, "names no database")
 
 
-def trunk_networks(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """``sip.trunk_cidrs``: comma-separated networks carriers' trunks send from."""
-    return [ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()]
-
-
 def host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
     """``"host[:port]"`` (the outbound trunk) as a pair."""
     host, _, port = value.strip().rpartition(":") if ":" in value else (value.strip(), "", "")
@@ -372,12 +416,6 @@ def host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
 
 
 def _check_sip(sip: SipSettings) -> None:
-    try:
-        trunk_networks(sip.trunk_cidrs)
-    except ValueError as exc:
-        raise ConfigError(
-            "sip.trunk_cidrs", f"must be comma-separated networks like 10.0.0.0/24 ({exc})"
-        ) from None
     if sip.outbound_trunk:
         try:
             host, port = host_port(sip.outbound_trunk)

@@ -72,21 +72,25 @@ class Providers:
 
     async def _send_twilio(self, from_e164: str, to_e164: str, body: str, status_url: str) -> Sent:
         twilio = self._settings.twilio
-        if not twilio.account_sid or not twilio.auth_token:
+        if not twilio.account_sid or not twilio.auth_token.get_secret_value():
             raise SendFailed("Twilio sending is not configured (twilio.account_sid, twilio.auth_token)")
         url = f"{twilio.api_base_url.rstrip('/')}/2010-04-01/Accounts/{twilio.account_sid}/Messages.json"
         form = {"From": from_e164, "To": to_e164, "Body": body, "StatusCallback": status_url}
-        headers = {"Authorization": aiohttp.encode_basic_auth(twilio.account_sid, twilio.auth_token)}
+        headers = {
+            "Authorization": aiohttp.encode_basic_auth(
+                twilio.account_sid, twilio.auth_token.get_secret_value()
+            )
+        }
         data = await self._post(url, lambda s: s.post(url, data=form, headers=headers))
         return Sent(str(data["sid"]), _status(data.get("status")))
 
     async def _send_telnyx(self, from_e164: str, to_e164: str, body: str, status_url: str) -> Sent:
         telnyx = self._settings.telnyx
-        if not telnyx.api_key:
+        if not telnyx.api_key.get_secret_value():
             raise SendFailed("Telnyx sending is not configured (telnyx.api_key)")
         url = f"{telnyx.api_base_url.rstrip('/')}/v2/messages"
         payload = {"from": from_e164, "to": to_e164, "text": body, "webhook_url": status_url}
-        headers = {"Authorization": f"Bearer {telnyx.api_key}"}
+        headers = {"Authorization": f"Bearer {telnyx.api_key.get_secret_value()}"}
         data = (await self._post(url, lambda s: s.post(url, json=payload, headers=headers)))["data"]
         to = data.get("to") or [{}]
         return Sent(str(data["id"]), _status(to[0].get("status")))

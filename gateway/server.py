@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from gateway.config import Settings, trunk_networks
+from gateway.config import Settings
 from gateway.domain.call_slots import CallSlots
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.http.app import build_app
@@ -133,11 +133,11 @@ class Gateway:
                 inventory=purchases.LocalInventory(),
                 sip_realm=self.settings.sip.realm,
                 public_base_url=http.public_base_url,
-                twilio_auth_token=self.settings.twilio.auth_token,
+                twilio_auth_token=self.settings.twilio.auth_token.get_secret_value(),
                 telnyx_public_key=self.settings.telnyx.public_key,
                 max_body_bytes=http.max_body_bytes,
                 max_import_bytes=http.max_import_bytes,
-                trusted_proxies=tuple(trunk_networks(http.trusted_proxies)),
+                trusted_proxies=http.trusted_proxies,
             )
         )
         self._runner = web.AppRunner(

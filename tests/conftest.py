@@ -4,7 +4,6 @@ template database, and a fresh database cloned from it for each test."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import os
 import tempfile
@@ -15,6 +14,7 @@ import asyncpg
 import pytest
 import uvloop
 
+from gateway import config
 from gateway.config import (
     DatabaseSettings,
     HttpSettings,
@@ -119,7 +119,7 @@ def private_cluster() -> Iterator[EmbeddedPostgres]:
 
 def settings_for(dsn: str) -> Settings:
     """A gateway on ``dsn`` with HTTP on a free loopback port."""
-    return dataclasses.replace(
+    return config.replace(
         Settings(),
         http=HttpSettings(host="127.0.0.1", port=0),
         sip=SipSettings(host="127.0.0.1", port=0),
@@ -145,7 +145,7 @@ async def gateway(db_dsn: str) -> AsyncIterator[Gateway]:
 
 def sip_settings(dsn: str, trunk_port: int) -> Settings:
     s = settings_for(dsn)
-    return dataclasses.replace(
+    return config.replace(
         s,
         sip=SipSettings(
             host="127.0.0.1",

@@ -16,7 +16,6 @@ against a running gateway. An operator can read this file as the list:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import json
 import stat
@@ -29,6 +28,7 @@ import pytest
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
+from gateway import config
 from gateway.config import LimitsSettings
 from gateway.http.limits import client_source
 from gateway.server import Gateway
@@ -121,9 +121,9 @@ async def test_the_outbox_is_private_to_the_gateway(gw: Gateway) -> None:
 
 async def tight(db_dsn: str, trusted_proxies: str = "") -> Gateway:
     s = text_settings(db_dsn)
-    s = dataclasses.replace(
+    s = config.replace(
         s,
-        http=dataclasses.replace(s.http, trusted_proxies=trusted_proxies),
+        http=config.replace(s.http, trusted_proxies=trusted_proxies),
         limits=LimitsSettings(failures_per_s=0.5, failure_burst=3),
     )
     gateway = Gateway(s)

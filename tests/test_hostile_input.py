@@ -4,7 +4,6 @@ malformed HTTP, and per-source throttling of failed unauthenticated attempts."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import re
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import config
 from gateway.config import TelnyxSettings, TwilioSettings
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.server import Gateway
@@ -101,7 +101,7 @@ def test_parser_and_header_helpers_never_raise_on_mutations(template: int, seed:
 @pytest.fixture
 async def gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
     s = sip_settings(db_dsn, trunk_port)
-    s = dataclasses.replace(
+    s = config.replace(
         s, twilio=TwilioSettings(auth_token=TOKEN), telnyx=TelnyxSettings(public_key=PUBLIC_KEY)
     )
     gateway = Gateway(s)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import aiohttp
 import asyncpg
 
+from gateway import config
 from gateway.config import HttpSettings
 from gateway.server import Gateway
 from gateway.store.api_keys import create_key
@@ -150,7 +150,7 @@ async def test_import_csv_and_ndjson_all_or_nothing(gateway: Gateway, conn: asyn
 
 async def test_import_size_limit(db_dsn: str, conn: asyncpg.Connection) -> None:
     settings = settings_for(db_dsn)
-    settings = dataclasses.replace(settings, http=dataclasses.replace(settings.http, max_import_bytes=1000))
+    settings = config.replace(settings, http=config.replace(settings.http, max_import_bytes=1000))
     assert isinstance(settings.http, HttpSettings)
     gw = Gateway(settings)
     await gw.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from gateway import config
 from gateway.config import TwilioSettings
 from gateway.server import Gateway
 from tests import factories
@@ -38,9 +39,9 @@ async def overflow_gw(db_dsn: str, trunk_port: int, fake: FakeProviders) -> Asyn
     """A SIP gateway whose texts (text-backs) go to the local Twilio stand-in
     and whose webhooks are signed for PUBLIC."""
     s = sip_settings(db_dsn, trunk_port)
-    s = dataclasses.replace(
+    s = config.replace(
         s,
-        http=dataclasses.replace(s.http, public_base_url=PUBLIC),
+        http=config.replace(s.http, public_base_url=PUBLIC),
         twilio=TwilioSettings(auth_token=TOKEN, account_sid=SID, api_base_url=fake.base),  # type: ignore[attr-defined]
     )
     gateway = Gateway(s)

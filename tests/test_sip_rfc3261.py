@@ -6,7 +6,6 @@ test_sip_core.py."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from gateway import config
 from gateway.server import Gateway
 from gateway.store.credentials import ha1
 from tests import factories
@@ -81,8 +81,8 @@ async def looping_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
     """A gateway that trusts its own address as a trunk: a destination that
     points back at it turns its own leg into a new inbound call."""
     s = sip_settings(db_dsn, trunk_port)
-    sip = dataclasses.replace(s.sip, trunk_cidrs=f"{CARRIER_IP}/32,127.0.0.1/32")
-    gateway = Gateway(dataclasses.replace(s, sip=sip))
+    sip = config.replace(s.sip, trunk_cidrs=f"{CARRIER_IP}/32,127.0.0.1/32")
+    gateway = Gateway(config.replace(s, sip=sip))
     await gateway.start()
     try:
         yield gateway

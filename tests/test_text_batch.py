@@ -5,7 +5,6 @@ fails its batch-mates, and overload is a quick 503, never a lost text."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import random
 import time
@@ -16,6 +15,7 @@ import asyncpg
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
+from gateway import config
 from gateway.config import TextsSettings
 from gateway.http.load_shed import LoopLag
 from gateway.server import Gateway
@@ -151,7 +151,7 @@ async def test_overload_over_http_is_a_quick_503_and_every_200_is_stored(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
     s = text_settings(db_dsn)
-    gateway = Gateway(dataclasses.replace(s, texts=TextsSettings(batch_max=4, max_pending=4, writers=1)))
+    gateway = Gateway(config.replace(s, texts=TextsSettings(batch_max=4, max_pending=4, writers=1)))
     await gateway.start()
     try:
         await setup(conn, gateway)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
+from gateway import config
 from gateway.config import TelnyxSettings, TwilioSettings
 from gateway.server import Gateway
 from gateway.store.embedded import EmbeddedPostgres
@@ -37,9 +37,9 @@ PUBLIC_KEY = base64.b64encode(PRIVATE_KEY.public_key().public_bytes(Encoding.Raw
 
 def text_settings(dsn: str):  # type: ignore[no-untyped-def]
     s = settings_for(dsn)
-    return dataclasses.replace(
+    return config.replace(
         s,
-        http=dataclasses.replace(s.http, public_base_url=PUBLIC, max_body_bytes=20_000),
+        http=config.replace(s.http, public_base_url=PUBLIC, max_body_bytes=20_000),
         twilio=TwilioSettings(auth_token=TOKEN),
         telnyx=TelnyxSettings(public_key=PUBLIC_KEY),
     )

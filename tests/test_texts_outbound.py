@@ -5,7 +5,6 @@ idempotency keys, failures, status callbacks."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from aiohttp import web
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
+from gateway import config
 from gateway.config import OutboundSettings, TelnyxSettings, TwilioSettings
 from gateway.server import Gateway
 from gateway.store.api_keys import create_key
@@ -81,9 +81,9 @@ async def fake() -> AsyncIterator[FakeProviders]:
 @pytest.fixture
 async def gw(db_dsn: str, fake: FakeProviders) -> AsyncIterator[Gateway]:
     s = settings_for(db_dsn)
-    s = dataclasses.replace(
+    s = config.replace(
         s,
-        http=dataclasses.replace(s.http, public_base_url=PUBLIC),
+        http=config.replace(s.http, public_base_url=PUBLIC),
         twilio=TwilioSettings(auth_token=TOKEN, account_sid=SID, api_base_url=fake.base),  # type: ignore[attr-defined]
         telnyx=TelnyxSettings(api_key=TELNYX_KEY, api_base_url=fake.base),  # type: ignore[attr-defined]
         outbound=OutboundSettings(timeout_s=5, max_attempts=3, max_retry_after_s=1),

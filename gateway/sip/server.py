@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from aiosipua import SipRequest, SipResponse
 from prometheus_client import Counter
 
-from gateway.config import SipSettings, host_port, trunk_networks
+from gateway.config import SipSettings, host_port
 from gateway.domain.index import Index, Number
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.domain.routing import Decision
@@ -144,9 +144,9 @@ class SipServer:
         self.limiter = limiter
         self.scheduler = scheduler
         self.wire = wire
-        self.trunks = trunk_networks(settings.trunk_cidrs)
+        self.trunks = list(settings.trunk_cidrs)
         self.outbound_trunk = host_port(settings.outbound_trunk) if settings.outbound_trunk else None
-        secret = settings.nonce_secret.encode() or secrets.token_bytes(32)
+        secret = settings.nonce_secret.get_secret_value().encode() or secrets.token_bytes(32)
         self.digest = DigestAuthority(settings.realm, secret, parse_algorithms(settings.digest_algorithms))
         # Our branches carry this marker; an INVITE that arrives with it in a
         # Via went out from us and came back: a loop (482).
