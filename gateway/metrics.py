@@ -60,6 +60,13 @@ class Metrics:
         self.http_requests = Counter(
             "gateway_http_requests", "HTTP requests answered", ["route", "status"], registry=r
         )
+        self.http_request_seconds = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request (an event stream: until it ends), by method and route template",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
 
         self.texts_received = Counter(
             "gateway_texts_received",
@@ -84,6 +91,16 @@ class Metrics:
         )
         self.loop_lag = Gauge(
             "gateway_event_loop_lag_seconds", "How late the event loop runs a 20 ms timer", registry=r
+        )
+        self.outbox_backlog = Gauge(
+            "gateway_outbox_backlog",
+            "Call records and texts acknowledged but not yet applied to Postgres (durable on disk)",
+            registry=r,
+        )
+        self.index_following = Gauge(
+            "gateway_index_following",
+            "1 while the index listens to Postgres for changes; 0: database away, routing from the snapshot",
+            registry=r,
         )
         self.call_slots_degraded = Gauge(
             "gateway_call_slots_degraded",
@@ -121,6 +138,12 @@ class Metrics:
 
     def count_admission(self, mode: str, admitted: bool) -> None:
         self.call_admissions.labels(mode, "admitted" if admitted else "refused").inc()
+
+    def watch_outbox(self, backlog: Callable[[], float]) -> None:
+        self.outbox_backlog.set_function(backlog)
+
+    def watch_index_following(self, following: Callable[[], float]) -> None:
+        self.index_following.set_function(following)
 
     def watch_text_queue(self, depth: Callable[[], float]) -> None:
         self.text_queue_depth.set_function(depth)

@@ -96,6 +96,9 @@ class Gateway:
             # Listen only once the demo can be routed.
             await self.keeper.wait_until(demo.routable, limit_s=10)
         self.recorder = Outbox(pool, Path(self.settings.outbox.dir), lambda: keeper.index)
+        recorder = self.recorder
+        self.metrics.watch_outbox(lambda: recorder.backlog())
+        self.metrics.watch_index_following(lambda: float(keeper.ready))
         replayed = await self.recorder.start()
         if replayed:
             log.warning("replaying %d outbox entries from the previous run", replayed)

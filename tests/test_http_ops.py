@@ -48,6 +48,8 @@ async def test_unknown_path_is_a_problem_document(gateway: Gateway) -> None:
     assert '"status": 404' in body
     _, _, metrics = await get(gateway, "/metrics")
     assert 'gateway_http_requests_total{route="unmatched",status="404"} 1.0' in metrics
+    # Latency by route template (issue 16, item 4): one observation for the 404.
+    assert 'gateway_http_request_duration_seconds_count{method="GET",route="unmatched"} 1.0' in metrics
 
 
 async def test_metrics_count_index_notifications(gateway: Gateway, db_dsn: str) -> None:

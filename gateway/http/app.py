@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from gateway.http import (
@@ -44,7 +46,11 @@ def build_app(deps: Deps) -> web.Application:
         # Label by route template, never by raw path: ids must not explode cardinality.
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        response = await handler(request)
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        finally:
+            metrics.http_request_seconds.labels(request.method, route).observe(time.perf_counter() - started)
         metrics.http_requests.labels(route=route, status=str(response.status)).inc()
         return response
 
