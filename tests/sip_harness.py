@@ -181,7 +181,9 @@ def number(
 
 
 class Harness:
-    def __init__(self, *, strategy: str = "user", agents: int = 1, limit: int = 50, **sip: Any) -> None:
+    def __init__(
+        self, *, strategy: str = "user", agents: int = 1, limit: int = 50, slots: Any = None, **sip: Any
+    ) -> None:
         self.clock = FakeClock()
         self.wire = Wire()
         self.recorder = Recorder()
@@ -190,7 +192,7 @@ class Harness:
         for i, peer in enumerate(peers, start=10):
             self.index.put_user(user(i, f"sip:agent@{peer.host}:{peer.port}"))
         self.index.put_number(number(tuple(range(10, 10 + agents)), strategy, limit))
-        self.slots = CallSlots()
+        self.slots = slots if slots is not None else CallSlots()
         settings = SipSettings(host="127.0.0.1", port=5060, trunk_cidrs="127.0.0.2/32", **sip)
         registry = CollectorRegistry()
         self.core = SipServer(

@@ -5,8 +5,12 @@ in test_sip_rfc3261.py."""
 
 from __future__ import annotations
 
+from collections.abc import Coroutine, Generator
+from typing import Any
+
 from aiosipua import SipRequest
 
+from gateway.domain.call_slots import CallSlots, Slot
 from gateway.sip.transaction import T1, TIMEOUT
 from tests.sip_harness import (
     AGENT,
@@ -381,3 +385,97 @@ def test_options_and_unknown_methods_are_answered_without_keeping_state() -> Non
     h.deliver(options.replace("OPTIONS sip", "FROBNICATE sip", 1).replace("1 OPTIONS", "1 FROBNICATE"))
     assert [s.code for s in h.wire.take()] == [405, 501]
     assert h.core._servers == {} and h.clock.pending() == 0
+
+
+# -- issue 14: R7 on a counter that answers after a round trip (the cluster's) ----------------
+
+
+class _Answer:
+    """A database answer the test releases by hand."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield  # the round trip
+
+
+class _RoundTripSlots:
+    """A CallAdmission whose every answer needs a round trip, over a local count."""
+
+    def __init__(self) -> None:
+        self.local = CallSlots()
+        self.answers: list[_Answer] = []
+
+    def take(self, number_id: int, limit: int, call_id: str) -> Coroutine[Any, Any, Slot | None]:
+        answer = _Answer()
+        self.answers.append(answer)
+
+        async def taken() -> Slot | None:
+            await answer
+            if answer.error is not None:
+                raise answer.error
+            return self.local.take(number_id, limit)
+
+        return taken()
+
+    def active(self, number_id: int) -> int:
+        return self.local.active(number_id)
+
+    def total(self) -> int:
+        return self.local.total()
+
+    def busiest(self, count: int) -> list[tuple[int, int]]:
+        return self.local.busiest(count)
+
+
+def _admission_in_flight(h: Harness) -> Coroutine[Any, Any, None]:
+    (pending,) = h.clock.coroutines
+    h.clock.coroutines.clear()
+    pending.send(None)  # up to the round trip
+    return pending
+
+
+def _finish(coroutine: Coroutine[Any, Any, None]) -> None:
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("the admission awaited twice")
+
+
+def test_a_cancel_while_the_cluster_counter_answers_gets_487_and_the_slot_goes_back() -> None:
+    slots = _RoundTripSlots()
+    h = Harness(slots=slots)
+    h.deliver(invite())
+    h.deliver(invite())  # the carrier's Timer A: still one admission
+    assert [s.code for s in h.wire.take()] == [100, 100] and len(slots.answers) == 1
+    pending = _admission_in_flight(h)
+    h.deliver(invite().replace("INVITE sip", "CANCEL sip", 1).replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL"))
+    assert sorted(s.code for s in h.wire.take()) == [200, 487]
+    _finish(pending)  # the counter admitted the call after all
+    assert slots.total() == 0 and not h.core.calls  # released at once, nothing rang
+    assert not [s for s in h.wire.take() if s.method == "INVITE"]
+
+
+def test_an_admission_that_fails_unexpectedly_answers_503_not_silence() -> None:
+    slots = _RoundTripSlots()
+    h = Harness(slots=slots)
+    h.deliver(invite())
+    h.wire.take()
+    pending = _admission_in_flight(h)
+    slots.answers[0].error = RuntimeError("a bug")
+    _finish(pending)
+    (refused,) = h.wire.take()
+    assert refused.code == 503 and slots.total() == 0
+
+
+def test_a_call_admitted_after_the_round_trip_rings_and_releases_once() -> None:
+    slots = _RoundTripSlots()
+    h = Harness(slots=slots)
+    h.deliver(invite())
+    h.wire.take()
+    _finish(_admission_in_flight(h))
+    assert slots.total() == 1
+    (leg,) = [s for s in h.wire.take() if s.method == "INVITE"]
+    assert leg.peer == AGENT

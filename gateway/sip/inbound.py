@@ -3,6 +3,7 @@ slot, the routing decision (R1-R6) and the B2BUA call that rings the agents."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable
 from functools import partial
@@ -26,6 +27,8 @@ from gateway.store.calls import CallRecord
 
 if TYPE_CHECKING:
     from gateway.sip.server import ServerTx, SipServer
+
+log = logging.getLogger(__name__)
 
 
 def inbound_call(server: SipServer, rec: ServerTx) -> None:
@@ -67,7 +70,14 @@ async def _admit_then_ring(
     """R7 on the cluster counter. Meanwhile the INVITE's transaction absorbs
     retransmissions, and a CANCEL answers it 487 (so a slot taken for a call
     that is gone goes straight back)."""
-    slot = await taken
+    try:
+        slot = await taken
+    except Exception:  # a bug, not the database: the counter falls back by itself when that is away
+        server.metrics.handler_errors.inc()
+        log.exception("R7 admission failed for %s", number.e164)
+        if rec.pending:
+            server.reply(rec, 503, "Service Unavailable", headers=(("Retry-After", "5"),))
+        return
     if not rec.pending:
         if slot is not None:
             slot.release()
