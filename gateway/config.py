@@ -195,6 +195,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return cls.sources(settings_cls, init_settings)
+
+    @classmethod
+    def sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The built-in defaults alone; :func:`load_settings` adds the file and
+        the environment."""
         return (init_settings,)
 
 
@@ -221,18 +229,13 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
 
     class FromFileAndEnvironment(Settings):
         @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
+        def sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: list[PydanticBaseSettingsSource] = [_Environment(settings_cls, given)]
+            found: list[PydanticBaseSettingsSource] = [_Environment(settings_cls, given)]
             if chosen is not None:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=chosen))
-            return tuple(sources)
+                found.append(TomlConfigSettingsSource(settings_cls, toml_file=chosen))
+            return tuple(found)
 
     try:
         loaded = FromFileAndEnvironment()

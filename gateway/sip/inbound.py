@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -52,50 +53,50 @@ def inbound_call(server: SipServer, rec: ServerTx) -> None:
     decision = route(index, number, caller, call_at=utc(invited_at))
     call_id = req.headers.get_first("call-id") or ""
     taken = server.slots.take(number.id, number.max_concurrent_calls, call_id)
+    offer = _Offer(server, rec, number, caller, invited_at, decision)
     if taken is None or isinstance(taken, Slot):
-        _admitted(server, rec, number, caller, invited_at, decision, taken)
+        _admitted(offer, taken)
     else:  # the cluster counter answers after a round trip (issue 14)
-        server.scheduler.spawn(_admit_then_ring(server, rec, number, caller, invited_at, decision, taken))
+        server.scheduler.spawn(_admit_then_ring(offer, taken))
 
 
-async def _admit_then_ring(
-    server: SipServer,
-    rec: ServerTx,
-    number: Number,
-    caller: str | None,
-    invited_at: float,
-    decision: Decision,
-    taken: Awaitable[Slot | None],
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """An INVITE to one of our numbers, routed, waiting for its R7 slot."""
+
+    server: SipServer
+    rec: ServerTx
+    number: Number
+    caller: str | None
+    invited_at: float
+    decision: Decision
+
+
+async def _admit_then_ring(offer: _Offer, taken: Awaitable[Slot | None]) -> None:
     """R7 on the cluster counter. Meanwhile the INVITE's transaction absorbs
     retransmissions, and a CANCEL answers it 487 (so a slot taken for a call
     that is gone goes straight back)."""
     try:
         slot = await taken
     except Exception:  # a bug, not the database: the counter falls back by itself when that is away
-        server.metrics.handler_errors.inc()
-        log.exception("R7 admission failed for %s", number.e164)
-        if rec.pending:
-            server.reply(rec, 503, "Service Unavailable", headers=(("Retry-After", "5"),))
+        offer.server.metrics.handler_errors.inc()
+        log.exception("R7 admission failed for %s", offer.number.e164)
+        if offer.rec.pending:
+            offer.server.reply(offer.rec, 503, "Service Unavailable", headers=(("Retry-After", "5"),))
         return
-    if not rec.pending:
+    if not offer.rec.pending:
         if slot is not None:
             slot.release()
         return
-    _admitted(server, rec, number, caller, invited_at, decision, slot)
+    _admitted(offer, slot)
 
 
-def _admitted(
-    server: SipServer,
-    rec: ServerTx,
-    number: Number,
-    caller: str | None,
-    invited_at: float,
-    decision: Decision,
-    slot: Slot | None,
-) -> None:
+def _admitted(offer: _Offer, slot: Slot | None) -> None:
     """Ring the call that holds ``slot``; past the limit (no slot), what the
     number's overflow setting says (R15)."""
+    server, rec, number, caller, invited_at, decision = (
+        offer.server, offer.rec, offer.number, offer.caller, offer.invited_at, offer.decision
+    )  # fmt: skip
     req = rec.request
     index = server.index()
     if slot is None:  # R7, and what the caller past it gets (issue 15, item 8)
@@ -103,7 +104,7 @@ def _admitted(
         server.metrics.count_limit_rejection(number.id)
         server.scheduler.spawn(server.store.over_limit(number, caller, action))
         if action != "forward":
-            _busy(server, rec, number, caller, invited_at, decision)
+            _busy(offer)
             if action == "text_back" and caller is not None:
                 server.scheduler.spawn(server.store.text_back(number, caller, text_back_message(number)))
             return
@@ -151,15 +152,9 @@ async def _rotate_then_ring(server: SipServer, call: Call, number: Number, calle
     call.start(call_plan(server.index(), decision, number))
 
 
-def _busy(
-    server: SipServer,
-    rec: ServerTx,
-    number: Number,
-    caller: str | None,
-    invited_at: float,
-    decision: Decision,
-) -> None:
+def _busy(offer: _Offer) -> None:
     """R7: 486 with Warning and Reason saying why, counted and recorded."""
+    server, rec, number, caller = offer.server, offer.rec, offer.number, offer.caller
     limit = number.max_concurrent_calls
     call_id = rec.request.headers.get_first("call-id") or ""  # read before the final settles rec
     server.metrics.calls.labels("inbound", "busy_limit").inc()
@@ -179,9 +174,9 @@ def _busy(
             number=number,
             caller=caller or "anonymous",
             callee=number.e164,
-            invited_at=utc(invited_at),
+            invited_at=utc(offer.invited_at),
             ended_at=utc(time.time()),
             disposition="busy_limit",
-            decision=decision,
+            decision=offer.decision,
         )
     )
