@@ -19,6 +19,7 @@ from gateway import config
 from gateway.config import TextsSettings
 from gateway.http.load_shed import LoopLag
 from gateway.server import Gateway
+from gateway.store.api_keys import create_key
 from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 from gateway.store.texts import Accepted, InboundText
@@ -249,14 +250,20 @@ async def test_added_on_segments_extend_the_allowance_when_texts_are_charged(
     gw: Gateway, conn: asyncpg.Connection
 ) -> None:
     """Issue 15, item 6 (R9): 1 included + 2 added on = 3 segments before a
-    text is flagged over quota, in the batched write."""
+    text is over quota; the batched write charges each, the usage report flags
+    the fourth."""
     acct, _, _ = await setup(conn, gw)  # the lead +15557000001 belongs to the owner (R1)
     await conn.execute(
         "UPDATE users SET included_segments = 1, addon_segments = 2 WHERE id = $1", acct.owner_id
     )
     for n in range(4):
         assert (await twilio_post(gw, twilio_params(f"quota-{n}", body="hi")))[0] == 200
-    flags = await conn.fetch(
-        "SELECT over_quota FROM usage_ledger WHERE user_id = $1 ORDER BY id", acct.owner_id
-    )
-    assert [row["over_quota"] for row in flags] == [False, False, False, True]
+    key = await create_key(conn, acct.id, acct.owner_id)
+    period = f"{datetime.now(UTC):%Y-%m}"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s,
+        s.get(f"http://127.0.0.1:{gw.http_port}/v1/users/{acct.owner_id}/usage?period={period}") as r,
+    ):
+        report = await r.json()
+    assert [e["over_quota"] for e in report["entries"]] == [False, False, False, True]
+    assert report["totals"]["text_segments"] == 4 and report["allowance"]["text_segments"] == 3

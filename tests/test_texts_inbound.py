@@ -9,6 +9,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -23,6 +24,7 @@ from twilio.request_validator import RequestValidator
 from gateway import config
 from gateway.config import TelnyxSettings, TwilioSettings
 from gateway.server import Gateway
+from gateway.store.api_keys import create_key
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
 from tests import factories
@@ -333,10 +335,21 @@ async def test_database_down_text_is_acknowledged_from_the_outbox_and_stored_onc
 
 
 async def test_text_beyond_the_allowance_is_flagged_over_quota(gw: Gateway, conn: asyncpg.Connection) -> None:
-    """R9: usage past the package's allowance is recorded and flagged, never refused."""
+    """R9: usage past the package's allowance is recorded, never refused, and
+    the usage report flags it."""
     acct, _, _ = await setup(conn, gw)
     await conn.execute("UPDATE users SET included_segments = 2 WHERE id = $1", acct.owner_id)
     assert (await twilio_post(gw, twilio_params("SMq1", NumSegments="2")))[0] == 200
     assert (await twilio_post(gw, twilio_params("SMq2", NumSegments="1")))[0] == 200
-    rows = await conn.fetch("SELECT quantity, over_quota FROM usage_ledger ORDER BY id")
-    assert [tuple(r) for r in rows] == [(2, False), (1, True)]
+    assert [r["quantity"] for r in await conn.fetch("SELECT quantity FROM usage_ledger ORDER BY id")] == [
+        2,
+        1,
+    ]
+    key = await create_key(conn, acct.id, acct.owner_id)
+    period = f"{datetime.now(UTC):%Y-%m}"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s,
+        s.get(f"http://127.0.0.1:{gw.http_port}/v1/users/{acct.owner_id}/usage?period={period}") as r,
+    ):
+        report = await r.json()
+    assert [(e["quantity"], e["over_quota"]) for e in report["entries"]] == [(2, False), (1, True)]

@@ -56,14 +56,15 @@ def billing_period(at: datetime) -> date:
 
 def allowance(included: int | None, addon: int) -> int | None:
     """R9 with added-on packages (issue 15, item 6): the package's allowance
-    plus the user's add-ons; no allowance (None) stays unlimited. The SQL that
-    charges usage computes the same sum (``included + addon``, NULL-preserving)."""
+    plus the user's add-ons; no allowance (None) stays unlimited."""
     return None if included is None else included + addon
 
 
 def over_quota(used: int, included: int | None, quantity: int) -> bool:
     """Does adding ``quantity`` to ``used`` exceed the package's allowance?
-    No allowance set (None) is never exceeded."""
+    No allowance set (None) is never exceeded. The one definition of R9's
+    over-quota rule: usage rows are not flagged when charged; reports and the
+    send check ask this (issue 17, item 2)."""
     return included is not None and used + quantity > included
 
 

@@ -124,12 +124,17 @@ async def user_usage(request: web.Request) -> web.Response:
         if user is None:
             return not_found("user")
         rows = await crm_reads.usage_entries(conn, who.account_id, user_id, period)
-    totals = {"call_minutes": 0, "text_segments": 0}
-    for row in rows:
-        totals[row["kind"]] += row["quantity"]
     included = {"call_minutes": user["included_minutes"], "text_segments": user["included_segments"]}
     addon = {"call_minutes": user["addon_minutes"], "text_segments": user["addon_segments"]}
-    allowed = {kind: allowance(included[kind], addon[kind]) for kind in totals}
+    allowed = {kind: allowance(included[kind], addon[kind]) for kind in included}
+    totals = {"call_minutes": 0, "text_segments": 0}
+    entries = []
+    for row in rows:  # in charge order: each entry is over quota by the running total before it
+        kind = row["kind"]
+        entries.append(
+            {**json_row(row), "over_quota": over_quota(totals[kind], allowed[kind], row["quantity"])}
+        )
+        totals[kind] += row["quantity"]
     return web.json_response(
         {
             "user_id": user_id,
@@ -141,6 +146,6 @@ async def user_usage(request: web.Request) -> web.Response:
             "allowance": allowed,
             "over_quota_mode": user["mode"],
             "over_quota": {kind: over_quota(totals[kind], allowed[kind], 0) for kind in totals},
-            "entries": [json_row(r) for r in rows],
+            "entries": entries,
         }
     )

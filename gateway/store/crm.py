@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any, Literal
 
-from gateway.domain.billing import billing_period, over_quota, quota_allows
+from gateway.domain.billing import allowance, billing_period, quota_allows
 from gateway.domain.index import Index, Number
 from gateway.domain.notifications import r8_recipients
 from gateway.domain.routing import Channel, Decision, rotate, route
@@ -110,7 +110,6 @@ async def raise_unknown_caller_notifications(
 @dataclass(frozen=True, slots=True)
 class UsageEntry:
     quantity: int
-    over_quota: bool
     recorded: bool  # False when this event was already charged
 
 
@@ -127,30 +126,26 @@ async def record_usage(
     call_record_id: int | None = None,
     message_id: int | None = None,
 ) -> UsageEntry:
-    """R9: charge ``quantity`` to the user (never to the number), flagging usage
-    beyond the package's allowance. Idempotent per (event, user, kind). Two round
-    trips: the allowance and period total, then the insert."""
-    period = billing_period(at)
-    row = await _allowance(conn, account_id, user_id, kind, period)
-    flagged = over_quota(int(row["used"]), row["included"], quantity)
+    """R9: charge ``quantity`` to the user (never to the number). Idempotent per
+    (event, user, kind). One round trip; whether it is over quota is derived when
+    usage is read (``domain/billing.over_quota``)."""
     inserted = await conn.fetchval(
-        "INSERT INTO usage_ledger (account_id, user_id, period, kind, quantity, over_quota, number_id,"
+        "INSERT INTO usage_ledger (account_id, user_id, period, kind, quantity, number_id,"
         " call_record_id, message_id, idempotency_key, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         account_id,
         user_id,
-        period,
+        billing_period(at),
         kind,
         quantity,
-        flagged,
         number_id,
         call_record_id,
         message_id,
         f"{event_key}:usage:{user_id}:{kind}",
         at,
     )
-    return UsageEntry(quantity, flagged, inserted is not None)
+    return UsageEntry(quantity, inserted is not None)
 
 
 async def next_round_robin_turn(conn: Conn, number_id: int) -> int:
@@ -180,7 +175,8 @@ async def may_use(
     """R9 for outbound sends: False only when the account blocks over-quota usage
     and this would exceed the user's allowance for the period. One round trip."""
     row = await _allowance(conn, account_id, user_id, kind, billing_period(at))
-    return quota_allows(row["mode"], int(row["used"]), row["included"], quantity)
+    included = allowance(row["included"], row["addon"])
+    return quota_allows(row["mode"], int(row["used"]), included, quantity)
 
 
 async def _allowance(conn: Conn, account_id: int, user_id: int, kind: UsageKind, period: date) -> Any:
@@ -191,10 +187,10 @@ async def _allowance(conn: Conn, account_id: int, user_id: int, kind: UsageKind,
     sum on every text."""
     row = await conn.fetchrow(
         "WITH u AS (SELECT u.id, a.over_quota AS mode,"
-        "  CASE WHEN $3 = 'call_minutes' THEN u.included_minutes + u.addon_minutes"
-        "       ELSE u.included_segments + u.addon_segments END AS included"  # billing.allowance
+        "  CASE WHEN $3 = 'call_minutes' THEN u.included_minutes ELSE u.included_segments END AS included,"
+        "  CASE WHEN $3 = 'call_minutes' THEN u.addon_minutes ELSE u.addon_segments END AS addon"
         "  FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.id = $1 AND u.account_id = $2)"
-        " SELECT mode, included, CASE WHEN included IS NULL THEN 0 ELSE COALESCE((SELECT sum(quantity)"
+        " SELECT mode, included, addon, CASE WHEN included IS NULL THEN 0 ELSE COALESCE((SELECT sum(quantity)"
         "  FROM usage_ledger l WHERE l.user_id = u.id AND l.period = $4 AND l.kind = $3), 0) END AS used"
         " FROM u",
         user_id,

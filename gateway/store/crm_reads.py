@@ -66,7 +66,7 @@ async def usage_allowances(conn: Conn, account_id: int, user_id: int) -> Any:
 async def usage_entries(conn: Conn, account_id: int, user_id: int, period: date) -> list[Any]:
     """The user's R9 usage rows of one billing month, in order."""
     return await conn.fetch(
-        "SELECT kind, quantity, over_quota, number_id, call_record_id, message_id, created_at"
+        "SELECT kind, quantity, number_id, call_record_id, message_id, created_at"
         " FROM usage_ledger WHERE user_id = $1 AND account_id = $2 AND period = $3 ORDER BY id",
         user_id,
         account_id,

@@ -283,8 +283,8 @@ def _columns(batch: list[TextRow]) -> list[Any]:
 
 # The claim, each message, its recipients' live events, the R1-R3 timeline, the
 # R9 usage and the R8 notifications, for many texts in one statement: every part
-# reads from the claim, so a redelivery writes nothing else. Usage over quota counts the
-# texts ahead in the same batch (the running sum), as one by one would.
+# reads from the claim, so a redelivery writes nothing else. Whether usage is over
+# quota is derived when it is read (domain/billing.over_quota), not stored.
 _BATCH = """
 WITH input AS (
     SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
@@ -310,21 +310,12 @@ WITH input AS (
            c.event_key || ':lead:' || l.lead
       FROM claimed c JOIN unnest($19::int[], $20::bigint[]) AS l(ord, lead) ON l.ord = c.ord
     ON CONFLICT (idempotency_key) DO NOTHING
-), allowance AS (
-    SELECT c.*, u.included_segments + u.addon_segments AS included,  -- billing.allowance
-           CASE WHEN u.included_segments IS NULL THEN 0
-                ELSE COALESCE((SELECT sum(quantity) FROM usage_ledger l
-                                WHERE l.user_id = u.id AND l.period = c.period
-                                  AND l.kind = 'text_segments'), 0)
-           END + sum(c.segments) OVER (PARTITION BY c.handler, c.period ORDER BY c.ord) AS used_after
-      FROM claimed c JOIN users u ON u.id = c.handler AND u.account_id = c.account_id
 ), usage AS (
-    INSERT INTO usage_ledger (account_id, user_id, period, kind, quantity, over_quota, number_id, message_id,
+    INSERT INTO usage_ledger (account_id, user_id, period, kind, quantity, number_id, message_id,
                               idempotency_key, created_at)
-    SELECT account_id, handler, period, 'text_segments', segments,
-           included IS NOT NULL AND used_after > included, number_id, id,
+    SELECT account_id, handler, period, 'text_segments', segments, number_id, id,
            event_key || ':usage:' || handler || ':text_segments', received_at
-      FROM allowance
+      FROM claimed WHERE handler IS NOT NULL
     ON CONFLICT (idempotency_key) DO NOTHING
 ), r8 AS (
     SELECT c.ord, n.user_id
