@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.sip.digest import DigestAuthority, NonceCounts, StoredKeys, parse_algorithms
-from gateway.store.credentials import ha1
+from gateway.sip.digest import DigestAuthority, NonceCounts, parse_algorithms
+from gateway.store.credentials import StoredKeys, ha1
 
 REALM = "gateway"
 URI = "sip:+15550001111@gw"

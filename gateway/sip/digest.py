@@ -25,28 +25,16 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Literal
 
 from aiosipua import AuthCredentials, parse_auth
 
-from gateway.store.credentials import Algorithm
+from gateway.store.credentials import Algorithm, StoredKeys
 
 NONCE_TTL_S = 300
 MAX_TRACKED_NONCES = 100_000
 Verdict = Literal["ok", "stale", "bad"]
 ALGORITHMS: tuple[Algorithm, ...] = ("MD5", "SHA-256")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKeys:
-    """The HA1 of each algorithm a user's credentials were saved with."""
-
-    md5: str | None
-    sha256: str | None
-
-    def for_algorithm(self, algorithm: Algorithm) -> str | None:
-        return self.sha256 if algorithm == "SHA-256" else self.md5
 
 
 class NonceCounts:

@@ -5,30 +5,16 @@ holds no SQL and no pool. Each call is one round trip."""
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.domain.call_slots import Slot
 from gateway.domain.index import Number
 from gateway.domain.routing import Decision
-from gateway.sip.digest import StoredKeys
+from gateway.store import StoreRejected, StoreUnavailable
+from gateway.store.credentials import SipUser
 from gateway.store.texts import Accepted, InboundText
 
-
-class StoreUnavailable(Exception):
-    """The database could not be reached or did not answer in time."""
-
-
-class StoreRejected(Exception):
-    """The database refused the data itself (a value it cannot store): a
-    client's error, never a reason to queue the write for later."""
-
-
-@dataclass(frozen=True, slots=True)
-class SipUser:
-    user_id: int
-    account_id: int
-    keys: StoredKeys
+__all__ = ["CallAdmission", "SipStore", "SipUser", "StoreRejected", "StoreUnavailable"]
 
 
 class SipStore(Protocol):

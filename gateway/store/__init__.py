@@ -19,6 +19,16 @@ Referenced = asyncpg.ForeignKeyViolationError  # a reference is missing, or a ro
 Refused = asyncpg.CheckViolationError  # a CHECK constraint said no
 BadValue = asyncpg.DataError  # a value Postgres cannot store (class 22)
 
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or did not answer in time."""
+
+
+class StoreRejected(Exception):
+    """The database refused the data itself (a value it cannot store): a
+    client's error, never a reason to queue the write for later."""
+
+
 # The database could not take a write (as opposed to refusing a value). A
 # connection that Postgres cut mid-statement (fast shutdown) can leave asyncpg's
 # protocol in a state it reports as InternalClientError, which is no

@@ -10,9 +10,8 @@ import asyncpg
 
 from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision
-from gateway.sip.digest import StoredKeys
-from gateway.sip.ports import SipUser, StoreRejected, StoreUnavailable
-from gateway.store import DB_AWAY, overflow, texts
+from gateway.store import DB_AWAY, StoreRejected, StoreUnavailable, overflow, texts
+from gateway.store.credentials import SipUser, StoredKeys
 from gateway.store.crm import decide
 from gateway.store.index_queries import fetch_account_numbers
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
