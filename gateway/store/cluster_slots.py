@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["cluster", "degraded"]
 Pending = Coroutine[Any, Any, Slot | None]
-# (mode, admitted) for every admission decided, and the seconds a cluster round trip took.
+# Told (mode, admitted) for every admission decided (the admission metrics).
 AdmissionObserver = Callable[[Mode, bool], None]
 
 
@@ -257,7 +257,10 @@ class ClusterSlots:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            await self._beat()
+            try:
+                await self._beat()
+            except Exception:  # a bug must not end the lease for good: log, try again next beat
+                log.exception("call slots: heartbeat failed")
 
     async def _beat(self) -> None:
         """Renew the lease, reclaim expired gateways' slots, reconcile ours:
