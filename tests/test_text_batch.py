@@ -19,7 +19,6 @@ from gateway import config
 from gateway.config import TextsSettings
 from gateway.http.load_shed import LoopLag
 from gateway.server import Gateway
-from gateway.store.api_keys import create_key
 from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 from gateway.store.texts import Accepted, InboundText
@@ -35,6 +34,7 @@ from tests.test_texts_inbound import (
     text_settings,
     twilio_params,
     twilio_post,
+    usage_report,
 )
 
 __all__ = ["gw"]
@@ -258,12 +258,6 @@ async def test_added_on_segments_extend_the_allowance_when_texts_are_charged(
     )
     for n in range(4):
         assert (await twilio_post(gw, twilio_params(f"quota-{n}", body="hi")))[0] == 200
-    key = await create_key(conn, acct.id, acct.owner_id)
-    period = f"{datetime.now(UTC):%Y-%m}"
-    async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s,
-        s.get(f"http://127.0.0.1:{gw.http_port}/v1/users/{acct.owner_id}/usage?period={period}") as r,
-    ):
-        report = await r.json()
+    report = await usage_report(gw, conn, acct.id, acct.owner_id)
     assert [e["over_quota"] for e in report["entries"]] == [False, False, False, True]
     assert report["totals"]["text_segments"] == 4 and report["allowance"]["text_segments"] == 3

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -345,11 +346,16 @@ async def test_text_beyond_the_allowance_is_flagged_over_quota(gw: Gateway, conn
         2,
         1,
     ]
-    key = await create_key(conn, acct.id, acct.owner_id)
+    report = await usage_report(gw, conn, acct.id, acct.owner_id)
+    assert [(e["quantity"], e["over_quota"]) for e in report["entries"]] == [(2, False), (1, True)]
+
+
+async def usage_report(gw: Gateway, conn: asyncpg.Connection, account_id: int, user_id: int) -> Any:
+    """The user's R9 usage report for this month, as the API gives it."""
+    key = await create_key(conn, account_id, user_id)
     period = f"{datetime.now(UTC):%Y-%m}"
     async with (
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s,
-        s.get(f"http://127.0.0.1:{gw.http_port}/v1/users/{acct.owner_id}/usage?period={period}") as r,
+        s.get(f"http://127.0.0.1:{gw.http_port}/v1/users/{user_id}/usage?period={period}") as r,
     ):
-        report = await r.json()
-    assert [(e["quantity"], e["over_quota"]) for e in report["entries"]] == [(2, False), (1, True)]
+        return await r.json()
