@@ -28,6 +28,7 @@ from tests import factories
 from tests.gateway_process import GatewayProcess
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, Sipp, free_port, start_sipp, udp_exchange
 from tests.test_events import read_events
+from tests.test_sip_calls import company_number, phone
 
 pytestmark = pytest.mark.timeout(240)
 NUMBER = "+15550230000"
@@ -82,21 +83,9 @@ async def agent_number(dsn: str, agent_ports: list[int], **settings: object) -> 
     try:
         acct = await factories.account(conn)
         users = [acct.agent_id] + [await factories.user(conn, acct.id) for _ in agent_ports[1:]]
-        number_id = await factories.number(conn, acct.id, NUMBER)
-        for position, (user_id, port) in enumerate(zip(users, agent_ports, strict=True)):
-            await conn.execute(
-                "UPDATE users SET call_destination = $2 WHERE id = $1", user_id, f"sip:a@{PHONE_IP}:{port}"
-            )
-            await conn.execute(
-                "INSERT INTO number_route_targets (account_id, number_id, user_id, position)"
-                " VALUES ($1, $2, $3, $4)",
-                acct.id,
-                number_id,
-                user_id,
-                position,
-            )
-        for column, value in settings.items():
-            await conn.execute(f"UPDATE numbers SET {column} = $2 WHERE id = $1", number_id, value)
+        for user_id, port in zip(users, agent_ports, strict=True):
+            await phone(conn, user_id, port)
+        await company_number(conn, acct, users, NUMBER, **settings)
         return acct
     finally:
         await conn.close()

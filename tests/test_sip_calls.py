@@ -34,9 +34,13 @@ async def phone(conn: asyncpg.Connection, user_id: int, port: int) -> None:
 
 
 async def company_number(
-    conn: asyncpg.Connection, acct: factories.Account, route_users: list[int], **settings: object
+    conn: asyncpg.Connection,
+    acct: factories.Account,
+    route_users: list[int],
+    e164: str = NUMBER,
+    **settings: object,
 ) -> int:
-    number_id = await factories.number(conn, acct.id, NUMBER)
+    number_id = await factories.number(conn, acct.id, e164)
     for position, user_id in enumerate(route_users):
         await conn.execute(
             "INSERT INTO number_route_targets (account_id, number_id, user_id, position)"
