@@ -299,20 +299,55 @@ async def test_the_outbox_starts_whatever_a_crash_left_in_its_files(tmp_path: Pa
     assert sorted(p.name for p in outbox_dir.iterdir()) == ["outbox.jsonl", "outbox.offset"]
 
 
-async def test_an_outbox_entry_this_gateway_cannot_read_is_skipped_not_fatal(
+async def test_an_outbox_batch_stores_its_good_entries_whatever_else_it_holds(
     db_dsn: str, tmp_path: Path
 ) -> None:
     """Entries are read back through the records' own types (pydantic): one
     that does not fit (damaged, or from an incompatible version) is counted
-    and skipped, and the entries after it are applied."""
+    and skipped. A value Postgres refuses fails the batch's one statement; the
+    batch is then applied entry by entry, so its good calls are stored, and a
+    call replayed inside the batch is stored once."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.store.calls import CallRecord, call_to_json
+    from gateway.store.index_queries import fetch_number
     from gateway.store.outbox import Outbox, _Entry
 
     conn = await asyncpg.connect(db_dsn)
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=1)
     try:
-        outbox = Outbox(None, tmp_path / "outbox", lambda: None)  # type: ignore[arg-type]
-        await outbox._apply_one(conn, _Entry("call", {"sip_call_id": "x"}))
-        await outbox._apply_one(conn, _Entry("text", {"provider": "twilio", "received_at": "not a time"}))
-        assert outbox.refused == 2
-        assert await conn.fetchval("SELECT count(*) FROM call_records") == 0
+        acct = await factories.account(conn)
+        number = await fetch_number(conn, await factories.number(conn, acct.id, "+15550107001"))
+        assert number is not None
+        at = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+
+        def call(call_id: str) -> _Entry:
+            record = CallRecord(
+                call_id,
+                "inbound",
+                number,
+                "+15550107002",
+                number.e164,
+                at,
+                at + timedelta(seconds=3),
+                "no_answer",
+            )
+            return _Entry("call", call_to_json(record))
+
+        outbox = Outbox(pool, tmp_path / "outbox", lambda: None)  # type: ignore[arg-type,return-value]
+        await outbox._apply(
+            [
+                _Entry("call", {"sip_call_id": "x"}),
+                _Entry("text", {"provider": "twilio", "received_at": "not a time"}),
+                call("a@carrier"),
+                call("a@carrier"),
+                call("x" * 600),  # the table's CHECK refuses it
+                call("b@carrier"),
+            ]
+        )
+        assert outbox.refused == 3
+        stored = await conn.fetch("SELECT sip_call_id FROM call_records ORDER BY sip_call_id")
+        assert [r["sip_call_id"] for r in stored] == ["a@carrier", "b@carrier"]
     finally:
+        await pool.close()
         await conn.close()

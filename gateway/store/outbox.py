@@ -6,7 +6,9 @@ take at once, is appended to ``outbox.jsonl`` and fsynced (one fsync per
 batch: group commit) before anything depends on it: a text is acknowledged,
 and the 200 to the BYE that ended a call is sent, only once its entry is on
 disk. A single writer then applies entries to Postgres in file order, in
-batches of one transaction, and records how far it got in ``outbox.offset``.
+batches of one transaction (a batch's calls in one statement, so the writer
+keeps up by growing its batches, not its round trips), and records how far it
+got in ``outbox.offset``.
 After a crash or an outage the rest is replayed from that offset; every write
 is idempotent (the call record's ``UNIQUE (sip_call_id, direction)``, the
 text's dedupe claim, idempotency keys on timeline and usage rows), so a
@@ -30,7 +32,7 @@ import asyncpg
 
 from gateway.domain.index import Index
 from gateway.store import texts
-from gateway.store.calls import CallRecord, call_from_json, call_to_json, write_call
+from gateway.store.calls import CallRecord, call_from_json, call_to_json, write_calls
 
 log = logging.getLogger(__name__)
 BATCH = 100
@@ -208,47 +210,56 @@ class Outbox:
             return
         for entry in entries:
             if entry.on_durable is not None:
-                entry.on_durable()
+                # Dropped once run: it holds the finished call, which need not
+                # wait for Postgres in a backlog.
+                callback, entry.on_durable = entry.on_durable, None
+                callback()
             if entry.durable is not None and not entry.durable.done():
                 entry.durable.set_result(None)
 
     async def _apply(self, batch: list[_Entry]) -> None:
+        """One transaction for the batch: its calls in one statement, its texts
+        (the outage path, rare) one by one. A value Postgres refuses fails the
+        batch, which is then applied entry by entry so only that entry is lost."""
+        records = [(entry, self._read(entry)) for entry in batch]
         async with self._pool.acquire(timeout=2.0) as conn:
             try:
                 async with conn.transaction():  # one commit for the batch
-                    for entry in batch:
-                        await self._apply_one(conn, entry)
+                    await self._store(conn, [record for _, record in records])
                 return
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, DB_DOWN):
                     raise
-            for entry in batch:  # one bad entry must not hold up the others
+            for entry, record in records:  # one bad entry must not hold up the others
                 try:
                     async with conn.transaction():
-                        await self._apply_one(conn, entry)
+                        await self._store(conn, [record])
                 except asyncpg.PostgresError as exc:
                     if isinstance(exc, DB_DOWN):
                         raise
                     self.refused += 1
                     log.error("outbox: %s entry refused by the database, skipped: %s", entry.kind, exc)
 
-    async def _apply_one(self, conn: Any, entry: _Entry) -> None:
+    def _read(self, entry: _Entry) -> CallRecord | texts.InboundText | None:
         try:
-            record = (
-                call_from_json(entry.payload) if entry.kind == "call" else texts.text_from_json(entry.payload)
-            )
+            if entry.kind == "call":
+                return call_from_json(entry.payload)
+            return texts.text_from_json(entry.payload)
         except ValueError as exc:  # pydantic's ValidationError: not an entry this gateway can read
             self.refused += 1
             log.error("outbox: %s entry unreadable, skipped: %s", entry.kind, exc)
-            return
-        if isinstance(record, CallRecord):
-            await write_call(conn, record)
-        else:
+            return None
+
+    async def _store(self, conn: Any, records: list[CallRecord | texts.InboundText | None]) -> None:
+        await write_calls(conn, [record for record in records if isinstance(record, CallRecord)])
+        for record in records:
+            if not isinstance(record, texts.InboundText):
+                continue
             try:
                 await texts.accept(conn, self._index(), record)
             except texts.UnknownNumber:
                 self.refused += 1  # the number was released meanwhile; nothing to route it to
-                log.error("outbox: text to %s, a number no longer ours, dropped", entry.payload["to_e164"])
+                log.error("outbox: text to %s, a number no longer ours, dropped", record.to_e164)
 
     # -- the file ------------------------------------------------------------------------
 
