@@ -28,6 +28,7 @@ EXPECTED_TABLES = {
     "call_slots",
     "gateway_instances",
     "call_records",
+    "call_stats_daily",
     "messages",
     "charges",
     "round_robin_cursors",

@@ -15,6 +15,7 @@ from gateway.http import (
     messages_api,
     numbers_api,
     ops,
+    stats_api,
     webhooks,
 )
 from gateway.http.auth import auth_middleware
@@ -32,6 +33,7 @@ _REGISTERED = (
     leads_api,
     messages_api,
     numbers_api,
+    stats_api,
     ops,
     webhooks,
 )

@@ -9,6 +9,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -285,3 +286,29 @@ class MessageOut(Strict):
     body: str = Field(min_length=1, max_length=1600)
     kind: Literal["manual", "auto"] = "manual"
     sender: PhoneIn | None = Field(None, alias="from")
+
+
+def _iso_8601(value: Any) -> Any:
+    """Only an ISO 8601 text: pydantic alone would read "0.5" as a Unix time."""
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO 8601 date-time with an offset") from None
+    return value
+
+
+# A time in a query string, where every value is text.
+QueryWhen = Annotated[When, BeforeValidator(_iso_8601)]
+
+
+class StatsQuery(Input):
+    """A period of analytics (issue 16, item 2): ``[from, to)``, UTC buckets."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    start: QueryWhen | None = Field(
+        None, alias="from", description="ISO 8601; defaults to 7 days before `to`"
+    )
+    end: QueryWhen | None = Field(None, alias="to", description="ISO 8601, exclusive; defaults to now")
+    bucket: Literal["hour", "day"] = "day"
+
