@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -156,6 +156,15 @@ class OutboundSettings(_Section):
     max_retry_after_s: float = 30.0
 
 
+class WebhooksSettings(_Section):
+    """Event webhooks to the CRM (issue 16, item 1)."""
+
+    allow_private_targets: bool = False  # SSRF: loopback and private ranges only when set
+    timeout_s: float = Field(10.0, gt=0)
+    per_endpoint: int = Field(4, ge=1, le=64)  # deliveries in flight to one endpoint
+    poll_interval_s: float = Field(1.0, gt=0)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -184,6 +193,7 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = TwilioSettings()
     telnyx: TelnyxSettings = TelnyxSettings()
     outbound: OutboundSettings = OutboundSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -116,6 +116,14 @@ class Metrics:
             ["mode", "result"],
             registry=r,
         )
+        self.event_webhooks = Counter(
+            "gateway_event_webhook_deliveries",
+            "Event webhook sends to CRM endpoints, by result (delivered, retry, given_up)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("delivered", "retry", "given_up"):
+            self.event_webhooks.labels(result)  # exported from the start, so rates start at 0
         self.webhooks_rejected = Counter(
             "gateway_webhooks_rejected",
             "Webhook requests refused before reading them (bad signature, not configured)",

@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.config import Settings
 from gateway.domain.call_slots import CallSlots
 from gateway.domain.rate_limit import FailureLimiter
+from gateway.event_webhooks import Sender as WebhookSender
 from gateway.http.app import build_app
 from gateway.http.deps import Deps
 from gateway.http.load_shed import LoopLag
@@ -61,6 +62,7 @@ class Gateway:
         self.recorder: Outbox | None = None
         self.sip: SipService | None = None
         self.loop_lag: LoopLag | None = None
+        self.webhooks: WebhookSender | None = None
 
     async def start(self) -> None:
         db = self.settings.database
@@ -113,6 +115,8 @@ class Gateway:
         self.metrics.watch_text_queue(lambda: texts.depth)
         self.loop_lag = LoopLag(self.settings.texts.shed_at_loop_lag_s)
         self.loop_lag.start()
+        self.webhooks = WebhookSender(pool, self.settings.webhooks, self.metrics.event_webhooks)
+        self.webhooks.start()
         lag = self.loop_lag
         self.metrics.watch_loop_lag(lambda: lag.lag_s)
         http = self.settings.http
@@ -141,6 +145,7 @@ class Gateway:
                 max_body_bytes=http.max_body_bytes,
                 max_import_bytes=http.max_import_bytes,
                 trusted_proxies=http.trusted_proxies,
+                webhook_private_targets=self.settings.webhooks.allow_private_targets,
             )
         )
         self._runner = web.AppRunner(
@@ -218,6 +223,9 @@ class Gateway:
         if self.loop_lag is not None:
             await self.loop_lag.stop()
             self.loop_lag = None
+        if self.webhooks is not None:
+            await self.webhooks.stop()  # unmarked sends are claimed again when their lease ends
+            self.webhooks = None
         await self.providers.close()
         if self.keeper is not None:
             await self.keeper.stop()

@@ -29,6 +29,8 @@ EXPECTED_TABLES = {
     "gateway_instances",
     "call_records",
     "call_stats_daily",
+    "webhook_endpoints",
+    "webhook_deliveries",
     "messages",
     "charges",
     "round_robin_cursors",

@@ -49,6 +49,7 @@ class Deps:
     max_body_bytes: int
     max_import_bytes: int
     trusted_proxies: Networks = ()
+    webhook_private_targets: bool = False  # event webhooks may go to private addresses (tests, labs)
     open_streams: dict[int, int] = field(default_factory=dict)  # event streams per API key (state)
 
 

@@ -312,3 +312,34 @@ class StatsQuery(Input):
     end: QueryWhen | None = Field(None, alias="to", description="ISO 8601, exclusive; defaults to now")
     bucket: Literal["hour", "day"] = "day"
 
+
+EventType = Literal[
+    "call.ended",
+    "call.limit_reached",
+    "text.received",
+    "text.status",
+    "notification.created",
+    "lead.created_from_notification",
+]
+
+
+class WebhookEndpointIn(Strict):
+    """An event webhook endpoint (issue 16, item 1)."""
+
+    url: str = Field(min_length=1, max_length=2000, description="http(s); must resolve to a public address")
+    event_types: list[EventType] = Field(
+        default_factory=list, max_length=20, description="the types to send; empty: every type"
+    )
+
+
+class WebhookEndpointChange(Strict):
+    NOT_NULL: ClassVar[frozenset[str]] = frozenset({"url", "event_types", "enabled"})
+    url: str | None = Field(None, min_length=1, max_length=2000)
+    event_types: list[EventType] | None = Field(None, max_length=20)
+    enabled: bool | None = None
+
+
+class DeliveriesQuery(Input):
+    model_config = ConfigDict(extra="ignore")
+    status: Literal["pending", "delivered", "failed"] | None = None
+    limit: int = Field(100, ge=1, le=500)
