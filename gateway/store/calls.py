@@ -23,6 +23,7 @@ from gateway.domain.index import Number
 from gateway.domain.notifications import call_raises_r8, r8_recipients
 from gateway.domain.routing import Decision
 from gateway.store import Conn
+from gateway.store.crm import r8_recipients_sql
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +152,7 @@ WITH input AS (
       FROM claimed WHERE minutes IS NOT NULL
     ON CONFLICT (idempotency_key) DO NOTHING
 ), r8 AS (
-    SELECT c.ord, n.user_id
-      FROM claimed c JOIN unnest($24::int[], $25::bigint[]) AS n(ord, user_id) ON n.ord = c.ord
-    UNION
-    SELECT c.ord, u.id FROM claimed c JOIN unnest($26::int[]) AS a(ord) ON a.ord = c.ord
-      JOIN users u ON u.account_id = c.account_id AND u.role IN ('owner', 'admin')
+    {R8}
 ), raised AS (
     -- R8 carries the number's source and tag as they are now.
     INSERT INTO notifications (account_id, user_id, number_id, channel, event_key, caller_e164, source, tag,
@@ -171,7 +168,7 @@ WITH input AS (
       FROM raised ORDER BY id
 )
 SELECT ord, id FROM claimed
-"""
+""".replace("{R8}", r8_recipients_sql((24, 25), 26))
 
 
 # The outbox's form of a call record (issue 7), derived from the dataclass

@@ -72,6 +72,19 @@ async def record_timeline(conn: Conn, event: InboundEvent, decision: Decision) -
     return len(rows)
 
 
+def r8_recipients_sql(pairs: tuple[int, int], admins: int) -> str:
+    """R8's recipients inside a batch statement, as a CTE body over its
+    ``claimed`` rows: the (ord, user) pairs routed (parameters ``pairs``),
+    and for the ords in parameter ``admins`` the account's owners and admins
+    (``r8_recipients`` returned None for them)."""
+    return (
+        f"SELECT c.ord, n.user_id FROM claimed c"
+        f" JOIN unnest(${pairs[0]}::int[], ${pairs[1]}::bigint[]) AS n(ord, user_id) ON n.ord = c.ord"
+        f" UNION SELECT c.ord, u.id FROM claimed c JOIN unnest(${admins}::int[]) AS a(ord) ON a.ord = c.ord"
+        " JOIN users u ON u.account_id = c.account_id AND u.role IN ('owner', 'admin')"
+    )
+
+
 async def raise_unknown_caller_notifications(
     conn: Conn, event: InboundEvent, decision: Decision
 ) -> list[int]:

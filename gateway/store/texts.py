@@ -26,6 +26,7 @@ from gateway.store import Conn
 from gateway.store.crm import (
     InboundEvent,
     decide,
+    r8_recipients_sql,
     raise_unknown_caller_notifications,
     record_timeline,
     record_usage,
@@ -318,11 +319,7 @@ WITH input AS (
       FROM claimed WHERE handler IS NOT NULL
     ON CONFLICT (idempotency_key) DO NOTHING
 ), r8 AS (
-    SELECT c.ord, n.user_id
-      FROM claimed c JOIN unnest($21::int[], $22::bigint[]) AS n(ord, user_id) ON n.ord = c.ord
-    UNION
-    SELECT c.ord, u.id FROM claimed c JOIN unnest($23::int[]) AS a(ord) ON a.ord = c.ord
-      JOIN users u ON u.account_id = c.account_id AND u.role IN ('owner', 'admin')
+    {R8}
 ), raised AS (
     -- One open notification per number, texter and user: later texts join it.
     INSERT INTO notifications (account_id, user_id, number_id, channel, event_key, caller_e164, source, tag,
@@ -355,4 +352,4 @@ WITH input AS (
     ) AS event ORDER BY ord, step
 )
 SELECT ord, id FROM claimed
-"""
+""".replace("{R8}", r8_recipients_sql((21, 22), 23))
