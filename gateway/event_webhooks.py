@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -103,7 +104,7 @@ class Sender:
         self._counter = counter  # gateway_event_webhook_deliveries_total{result}
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        self._per_endpoint: dict[int, asyncio.Semaphore] = {}
+        self._sending: collections.Counter[int] = collections.Counter()  # sends in flight per endpoint
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -133,23 +134,30 @@ class Sender:
                 await asyncio.sleep(self._settings.poll_interval_s)
 
     async def _claim(self) -> int:
-        # Claim only what can start soon: a dead endpoint's backlog waits in
-        # the queue, not in memory.
+        # Claim only what can start now: never more than per_endpoint sends to
+        # one endpoint, so a dead endpoint's backlog waits in the queue (not in
+        # memory, and not past its lease behind its own earlier sends).
         room = BATCH - len(self._in_flight)
         if room <= 0:
             return 0
+        limit = self._settings.per_endpoint
+        busy = [endpoint for endpoint, sending in self._sending.items() if sending >= limit]
         async with self._pool.acquire(timeout=2.0) as conn:
-            due = await queue.claim_due(conn, room, LEASE_S)
+            due = await queue.claim_due(conn, room, LEASE_S, limit, busy)
         for delivery in due:
+            self._sending[delivery.endpoint_id] += 1
             task = asyncio.get_running_loop().create_task(self._deliver(delivery))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return len(due)
 
     async def _deliver(self, d: queue.Due) -> None:
-        gate = self._per_endpoint.setdefault(d.endpoint_id, asyncio.Semaphore(self._settings.per_endpoint))
-        async with gate:
+        try:
             status, error = await self._post(d)
+        finally:
+            self._sending[d.endpoint_id] -= 1
+            if self._sending[d.endpoint_id] <= 0:
+                del self._sending[d.endpoint_id]
         try:
             async with self._pool.acquire(timeout=2.0) as conn:
                 if error is None and status is not None:

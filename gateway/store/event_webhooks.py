@@ -101,14 +101,19 @@ class Due:
     created_at: datetime
 
 
-async def claim_due(conn: Conn, limit: int, lease_s: float) -> list[Due]:
-    """Up to ``limit`` deliveries that are due, oldest first, leased for
-    ``lease_s`` (a sender that dies mid-send leaves them to be claimed again
-    then). SKIP LOCKED: gateways sharing the queue never claim the same one.
-    One round trip over the partial index of pending deliveries."""
+async def claim_due(conn: Conn, limit: int, lease_s: float, per_endpoint: int, busy: list[int]) -> list[Due]:
+    """Up to ``limit`` deliveries that are due, oldest first, at most
+    ``per_endpoint`` per endpoint and none for the endpoints in ``busy``,
+    leased for ``lease_s`` (a sender that dies mid-send leaves them to be
+    claimed again then). SKIP LOCKED: gateways sharing the queue never claim
+    the same one. One round trip over the partial index of pending deliveries."""
     rows = await conn.fetch(
-        "WITH due AS (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
-        " ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        "WITH candidate AS (SELECT id FROM (SELECT id, next_attempt_at, row_number() OVER"
+        " (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS nth FROM webhook_deliveries"
+        " WHERE status = 'pending' AND next_attempt_at <= now() AND endpoint_id <> ALL ($4::bigint[])) AS d"
+        " WHERE nth <= $3 ORDER BY next_attempt_at LIMIT $1),"
+        " due AS (SELECT id FROM webhook_deliveries WHERE id IN (SELECT id FROM candidate)"
+        " FOR UPDATE SKIP LOCKED)"
         " UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
         " next_attempt_at = now() + $2 * interval '1 second'"
         " FROM due, webhook_endpoints e WHERE d.id = due.id AND e.id = d.endpoint_id"
@@ -116,6 +121,8 @@ async def claim_due(conn: Conn, limit: int, lease_s: float) -> list[Due]:
         " d.created_at",
         limit,
         lease_s,
+        per_endpoint,
+        busy,
     )
     return [Due(**dict(row)) for row in rows]
 

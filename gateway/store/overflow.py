@@ -12,13 +12,19 @@ from gateway.store import Conn
 
 
 async def announce_over_limit(conn: Conn, number: Number, caller: str | None, action: str) -> int:
-    """An ``over_limit`` event on each owner's and admin's stream: the number,
-    the caller and what they got. Returns how many were told. One statement."""
-    result = await conn.execute(
-        "INSERT INTO user_events (account_id, user_id, kind, payload)"
-        " SELECT $1, u.id, 'over_limit', jsonb_build_object('number_id', $2::bigint, 'number', $3::text,"
-        " 'caller', $4::text, 'action', $5::text, 'limit', $6::int, 'at', now())"
-        " FROM users u WHERE u.account_id = $1 AND u.role IN ('owner', 'admin')",
+    """An ``over_limit`` event on each owner's and admin's stream (the number,
+    the caller and what they got), and one ``call.limit_reached`` event
+    webhook for the account's CRM endpoints, in the same statement. Returns how
+    many users were told. One round trip."""
+    told: int = await conn.fetchval(
+        "WITH event AS (SELECT jsonb_build_object('number_id', $2::bigint, 'number', $3::text,"
+        " 'caller', $4::text, 'action', $5::text, 'limit', $6::int) AS data),"
+        " told AS (INSERT INTO user_events (account_id, user_id, kind, payload)"
+        " SELECT $1, u.id, 'over_limit', event.data || jsonb_build_object('at', now())"
+        " FROM users u, event WHERE u.account_id = $1 AND u.role IN ('owner', 'admin') RETURNING 1)"
+        " SELECT (SELECT count(*) FROM told), webhook_fanout(jsonb_build_array(jsonb_build_object("
+        " 'account_id', $1::bigint, 'id', 'call.limit_reached_' || gen_random_uuid(),"
+        " 'type', 'call.limit_reached', 'at', now(), 'data', event.data))) FROM event",
         number.account_id,
         number.id,
         number.e164,
@@ -26,7 +32,7 @@ async def announce_over_limit(conn: Conn, number: Number, caller: str | None, ac
         action,
         number.max_concurrent_calls,
     )
-    return int(result.split()[-1])
+    return told
 
 
 async def record_text_back(conn: Conn, number: Number, caller: str, body: str) -> int:

@@ -51,15 +51,16 @@ CREATE FUNCTION webhook_fanout(events jsonb) RETURNS void LANGUAGE sql AS $$
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 $$;
 
--- Whether any of ``accounts`` has an enabled endpoint. Each trigger asks first:
--- most accounts have none, and then a statement pays one index probe.
-CREATE FUNCTION webhooks_wanted(accounts bigint[]) RETURNS boolean LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE enabled AND account_id = ANY (accounts))
+-- Whether any endpoint is enabled at all. Each trigger asks first, before
+-- it reads its rows: a gateway whose CRMs take no webhooks pays one index
+-- probe per statement; the fan-out's join picks the accounts that listen.
+CREATE FUNCTION webhooks_wanted() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE enabled)
 $$;
 
 CREATE FUNCTION webhook_call_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF webhooks_wanted(ARRAY(SELECT DISTINCT account_id FROM new_rows)) THEN
+    IF webhooks_wanted() THEN
         PERFORM webhook_fanout(jsonb_agg(jsonb_build_object(
             'account_id', r.account_id, 'id', 'call.ended_' || r.id, 'type', 'call.ended', 'at', r.ended_at,
             'data', jsonb_build_object(
@@ -78,7 +79,7 @@ CREATE TRIGGER webhook_call_ended AFTER INSERT ON call_records
 
 CREATE FUNCTION webhook_text_received() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF webhooks_wanted(ARRAY(SELECT DISTINCT account_id FROM new_rows)) THEN
+    IF webhooks_wanted() THEN
         PERFORM webhook_fanout(jsonb_agg(jsonb_build_object(
             'account_id', r.account_id, 'id', 'text.received_' || r.id, 'type', 'text.received',
             'at', r.created_at,
@@ -97,7 +98,7 @@ CREATE TRIGGER webhook_text_received AFTER INSERT ON messages
 
 CREATE FUNCTION webhook_text_status() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF webhooks_wanted(ARRAY(SELECT DISTINCT account_id FROM new_rows)) THEN
+    IF webhooks_wanted() THEN
         PERFORM webhook_fanout(jsonb_agg(jsonb_build_object(
             'account_id', n.account_id, 'id', 'text.status_' || n.id || '_' || n.status, 'type', 'text.status',
             'at', n.updated_at,
@@ -118,7 +119,7 @@ CREATE TRIGGER webhook_text_status AFTER UPDATE ON messages
 -- once per lead, however many users' notifications it settled.
 CREATE FUNCTION webhook_notification_created() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF webhooks_wanted(ARRAY(SELECT DISTINCT account_id FROM new_rows)) THEN
+    IF webhooks_wanted() THEN
         PERFORM webhook_fanout(jsonb_agg(jsonb_build_object(
             'account_id', r.account_id, 'id', 'notification.created_' || r.id, 'type', 'notification.created',
             'at', r.created_at,
@@ -136,7 +137,7 @@ CREATE TRIGGER webhook_notification_created AFTER INSERT ON notifications
 
 CREATE FUNCTION webhook_lead_from_notification() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF webhooks_wanted(ARRAY(SELECT DISTINCT account_id FROM new_rows)) THEN
+    IF webhooks_wanted() THEN
         PERFORM webhook_fanout(jsonb_agg(jsonb_build_object(
             'account_id', n.account_id, 'id', 'lead.created_from_notification_' || n.lead_id,
             'type', 'lead.created_from_notification', 'at', n.closed_at,
@@ -153,21 +154,3 @@ $$;
 CREATE TRIGGER webhook_lead_from_notification AFTER UPDATE ON notifications
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION webhook_lead_from_notification();
-
--- R7: a caller refused at the number's limit, announced to the admins
--- (store/overflow.py); one event per refusal, not one per admin told.
-CREATE FUNCTION webhook_limit_reached() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF webhooks_wanted(ARRAY(SELECT DISTINCT account_id FROM new_rows WHERE kind = 'over_limit')) THEN
-        PERFORM webhook_fanout(jsonb_agg(jsonb_build_object(
-            'account_id', r.account_id, 'id', 'call.limit_reached_' || min_id, 'type', 'call.limit_reached',
-            'at', r.payload -> 'at', 'data', r.payload - 'at')))
-          FROM (SELECT min(id) AS min_id, account_id, payload FROM new_rows WHERE kind = 'over_limit'
-                 GROUP BY account_id, payload) AS r
-        HAVING count(*) > 0;
-    END IF;
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER webhook_limit_reached AFTER INSERT ON user_events
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION webhook_limit_reached();
