@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.domain.call_slots import CallSlots
+from gateway.domain.live_calls import LiveCalls
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.event_webhooks import Sender as WebhookSender
 from gateway.http.app import build_app
@@ -59,6 +60,7 @@ class Gateway:
         self.event_hub: EventHub | None = None
         self.http_port: int | None = None
         self.slots: CallSlots | ClusterSlots = CallSlots()
+        self.live_calls = LiveCalls()  # SIP writes it, the admin console reads it
         self.recorder: Outbox | None = None
         self.sip: SipService | None = None
         self.loop_lag: LoopLag | None = None
@@ -146,6 +148,7 @@ class Gateway:
                 max_import_bytes=http.max_import_bytes,
                 trusted_proxies=http.trusted_proxies,
                 webhook_private_targets=self.settings.webhooks.allow_private_targets,
+                live_calls=self.live_calls,
             )
         )
         self._runner = web.AppRunner(
@@ -167,6 +170,7 @@ class Gateway:
             self.recorder,
             self.metrics.texts_received,
             FailureLimiter(self.settings.limits.failures_per_s, self.settings.limits.failure_burst),
+            self.live_calls,
         )
         await self.sip.start()
         if isinstance(self.slots, ClusterSlots):

@@ -48,3 +48,14 @@ async def patch_account(request: web.Request) -> web.Response:
     if row is None:
         return not_found("account")
     return web.json_response(json_row(row))
+
+
+@API.op("GET", "/v1/me", "The caller: their user, role and account (what a console shows after sign-in)")
+async def get_me(request: web.Request) -> web.Response:
+    """One indexed read."""
+    who = principal(request)
+    async with deps(request).pool.acquire() as conn:
+        row = await admin.user_row(conn, who.account_id, who.user_id)
+    if row is None:
+        return not_found("user")
+    return web.json_response({**json_row(row), "user_id": who.user_id, "account_id": who.account_id})

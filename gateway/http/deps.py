@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.domain.live_calls import LiveCalls
+
 if TYPE_CHECKING:
     from gateway.domain.index import Index
     from gateway.domain.rate_limit import FailureLimiter
@@ -49,6 +51,7 @@ class Deps:
     max_body_bytes: int
     max_import_bytes: int
     trusted_proxies: Networks = ()
+    live_calls: LiveCalls = field(default_factory=LiveCalls)  # inbound calls in progress (console)
     webhook_private_targets: bool = False  # event webhooks may go to private addresses (tests, labs)
     open_streams: dict[int, int] = field(default_factory=dict)  # event streams per API key (state)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 from aiohttp import web
 from aiohttp_sse import sse_response
@@ -48,14 +49,23 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     last = _resume_point(request)
     hub = deps(request).event_hub
+    with counted_stream(request, who) as refused:
+        return refused or await _stream(request, who, last, hub)
+
+
+@contextlib.contextmanager
+def counted_stream(request: web.Request, who: Principal) -> Iterator[web.Response | None]:
+    """One of the key's ``MAX_STREAMS_PER_KEY`` streams for the block, or
+    (past them) the 429 to answer instead."""
     streams = deps(request).open_streams
     if streams.get(who.key_id, 0) >= MAX_STREAMS_PER_KEY:
         refused = problem(429, "Too Many Requests", f"at most {MAX_STREAMS_PER_KEY} event streams per key")
         refused.headers["Retry-After"] = "5"
-        return refused
+        yield refused
+        return
     streams[who.key_id] = streams.get(who.key_id, 0) + 1
     try:
-        return await _stream(request, who, last, hub)
+        yield None
     finally:
         left = streams[who.key_id] - 1
         if left:

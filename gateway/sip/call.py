@@ -163,6 +163,7 @@ class Call:
         self.max_call_s = max_call_s
         self.session_expires_s = session_expires_s
         self.on_end = on_end
+        self.live_id = 0  # on the admin console's board of live calls, when it holds a slot
         self.state = CallState.ROUTING
         self.plan: tuple[Step, ...] = ()
         self.legs: list[Leg] = []
@@ -370,6 +371,7 @@ class Call:
         self.outcome.answered_at = time.time()
         self.outcome.answered_by = leg.target.user_id
         self._log_step("answered")
+        host.call_answered(self)
         host.metrics.setup_seconds.labels("answer").observe(host.now() - self._started)
         leg.session = session_timer.as_uac(resp, self.session_expires_s)
         self.caller.session = session_timer.as_uas(self.invite, self.session_expires_s)

@@ -122,7 +122,9 @@ def _admitted(offer: _Offer, slot: Slot | None) -> None:
         session_expires_s=server.settings.session_expires_s,
         on_end=on_end,
     )
-    if slot is None:
+    if slot is not None:
+        call.live_id = server.live.started(number.account_id, number.id, outcome.caller, invited_at)
+    else:
         server.metrics.calls.labels("inbound", "overflow_forward").inc()
         call.start(overflow_plan(number))
         return

@@ -32,6 +32,7 @@ from prometheus_client import Counter
 
 from gateway.config import SipSettings, host_port
 from gateway.domain.index import Index, Number
+from gateway.domain.live_calls import LiveCalls
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.domain.routing import Decision
 from gateway.domain.text_back import in_quiet_hours, wants_missed_call_text
@@ -133,6 +134,7 @@ class SipServer:
         limiter: FailureLimiter,
         scheduler: Scheduler,
         wire: Wire,
+        live: LiveCalls | None = None,
     ) -> None:
         self.settings = settings
         self.index = index
@@ -144,6 +146,7 @@ class SipServer:
         self.limiter = limiter
         self.scheduler = scheduler
         self.wire = wire
+        self.live = live if live is not None else LiveCalls()  # what the admin console shows
         self.trunks = list(settings.trunk_cidrs)
         self.outbound_trunk = host_port(settings.outbound_trunk) if settings.outbound_trunk else None
         secret = settings.nonce_secret.get_secret_value().encode() or secrets.token_bytes(32)
@@ -347,10 +350,16 @@ class SipServer:
     def track(self, call: Call) -> None:
         self.calls.add(call)
 
+    def call_answered(self, call: Call) -> None:
+        if call.live_id:
+            self.live.answered(call.live_id, call.outcome.answered_at or 0.0)
+
     def finish_call(self, number: Number, decision: Decision, call: Call) -> None:
         """A call ended: forget it, count it, and hand its record to the outbox
         (which sends the held-back 200 to a BYE once the record is on disk)."""
         self.calls.discard(call)
+        if call.live_id:
+            self.live.ended(call.live_id)
         o = call.outcome
         self.metrics.calls.labels(o.direction, o.disposition).inc()
         record = CallRecord(

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 
 from gateway.config import SipSettings
 from gateway.domain.index import Index
+from gateway.domain.live_calls import LiveCalls
 from gateway.domain.rate_limit import FailureLimiter
 from gateway.sip.metrics import SipMetrics
 from gateway.sip.ports import CallAdmission, SipStore
@@ -34,6 +35,7 @@ class SipService:
         recorder: Outbox,
         texts_received: Counter,
         limiter: FailureLimiter,
+        live: LiveCalls | None = None,
     ) -> None:
         self.settings = settings
         self.recorder = recorder
@@ -58,6 +60,7 @@ class SipService:
             limiter,
             self.scheduler,
             self.transports,
+            live,
         )
 
     @property
