@@ -9,10 +9,12 @@ from aiohttp import web
 from gateway.http import (
     account_api,
     admin_api,
+    console,
     crm_api,
     event_webhooks_api,
     events_api,
     leads_api,
+    live_calls_api,
     messages_api,
     numbers_api,
     ops,
@@ -33,6 +35,7 @@ _REGISTERED = (
     event_webhooks_api,
     events_api,
     leads_api,
+    live_calls_api,
     messages_api,
     numbers_api,
     stats_api,
@@ -64,4 +67,5 @@ def build_app(deps: Deps) -> web.Application:
     )
     app[DEPS] = deps
     API.mount(app)
+    console.mount(app)
     return app
