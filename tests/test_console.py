@@ -35,10 +35,12 @@ from gateway.config import WebhooksSettings
 from gateway.domain.live_calls import LiveCalls
 from gateway.domain.routing import Decision
 from gateway.server import Gateway
+from gateway.store import demo
 from gateway.store.api_keys import create_key
 from gateway.store.calls import CallRecord, write_calls
 from gateway.store.index_queries import fetch_number
 from tests.conftest import sip_settings
+from tests.gateway_process import GatewayProcess
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, start_sipp
 from tests.test_crm import Api
 from tests.test_event_webhooks import Receiver
@@ -342,3 +344,34 @@ async def test_live_calls_are_for_managers_and_follow_the_board(
         assert (await next_board())["numbers"][0]["calls"][0]["state"] == "answered"
         live.ended(call)
         assert await next_board() == {"numbers": []}
+
+
+async def test_the_console_of_a_gateway_serve_process(
+    db_dsn: str, conn: asyncpg.Connection, driver: WebDriver, shots: Path, tmp_path: Path
+) -> None:
+    """The console as deployed: `gateway serve`, the demo account's owner key."""
+    key = (await demo.seed(conn))[-1].rsplit(" ", 1)[1]
+    env = {
+        "GATEWAY_DATABASE_URL": db_dsn,
+        "GATEWAY_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "GATEWAY_SIP_PORT": "0",
+    }
+    served = GatewayProcess(env, tmp_path)
+    await served.start()
+    try:
+        await served.routable()
+        page = Browser(driver, f"http://127.0.0.1:{served.http_port}", shots)
+        await page.do(lambda d: d.get(page.base + "/console/"))  # the trailing slash redirects
+        await page.type_into("API key", key + Keys.ENTER)
+        await page.said("Signed in")
+        for number in (demo.COMPANY_NUMBER, demo.OFFICE_NUMBER):
+            await page.shows("#live-table", number)
+        await page.shows("#live-state", "Live")
+        assert "0 of 50" in await page.text("#live-table")
+        await page.shot("gateway-serve")
+        async with aiohttp.ClientSession() as session, session.get(page.base + "/console") as response:
+            assert "script-src 'self';" in response.headers["Content-Security-Policy"]
+        served.terminate()
+        assert await served.wait() == 0
+    finally:
+        await served.close()
