@@ -22,6 +22,7 @@ from gateway.config import (
     OutboxSettings,
     Settings,
     SipSettings,
+    WebhooksSettings,
 )
 from gateway.server import Gateway
 from gateway.store.embedded import EmbeddedPostgres
@@ -171,3 +172,18 @@ async def sip_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
         yield gateway
     finally:
         await gateway.stop()
+
+
+@pytest.fixture
+async def hooks_sip_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
+    """SIP from the carrier SIPp, and event webhooks to a loopback receiver."""
+    settings = config.replace(
+        sip_settings(db_dsn, trunk_port),
+        webhooks=WebhooksSettings(allow_private_targets=True, poll_interval_s=0.05, timeout_s=2.0),
+    )
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()

@@ -141,12 +141,16 @@ class Store:
         self.index = index
         self.over_limits: list[tuple[str, str | None, str]] = []
         self.texted: list[tuple[str, str, str]] = []
+        self.call_events: list[tuple[str, int, dict[str, object]]] = []
 
     async def rotate(self, number: Number, caller: str | None) -> Decision:
         return route(self.index, number, caller)
 
     async def over_limit(self, number: Number, caller: str | None, action: str) -> None:
         self.over_limits.append((number.e164, caller, action))
+
+    def call_event(self, event_type: str, account_id: int, data: Callable[[], dict[str, object]]) -> None:
+        self.call_events.append((event_type, account_id, data()))
 
     async def text_back(self, number: Number, caller: str, body: str) -> None:
         self.texted.append((number.e164, caller, body))

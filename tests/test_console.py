@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,8 +30,6 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from gateway import config
-from gateway.config import WebhooksSettings
 from gateway.domain.live_calls import LiveCalls
 from gateway.domain.routing import Decision
 from gateway.server import Gateway
@@ -39,7 +37,6 @@ from gateway.store import demo
 from gateway.store.api_keys import create_key
 from gateway.store.calls import CallRecord, write_calls
 from gateway.store.index_queries import fetch_number
-from tests.conftest import sip_settings
 from tests.gateway_process import GatewayProcess
 from tests.sipp_tools import CARRIER_IP, PHONE_IP, start_sipp
 from tests.test_crm import Api
@@ -50,21 +47,6 @@ pytestmark = pytest.mark.timeout(180)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def console_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
-    """SIP from the carrier SIPp, and event webhooks to a loopback receiver."""
-    settings = config.replace(
-        sip_settings(db_dsn, trunk_port),
-        webhooks=WebhooksSettings(allow_private_targets=True, poll_interval_s=0.05, timeout_s=2.0),
-    )
-    gw = Gateway(settings)
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
 
 
 @pytest.fixture
@@ -165,13 +147,13 @@ def shots(tmp_path: Path) -> Path:
 
 
 async def test_an_owner_runs_the_account_from_the_console(
-    console_gw: Gateway, conn: asyncpg.Connection, driver: WebDriver, shots: Path, tmp_path: Path
+    hooks_sip_gw: Gateway, conn: asyncpg.Connection, driver: WebDriver, shots: Path, tmp_path: Path
 ) -> None:
-    acct, phone_port, number_id = await agent_number(console_gw, conn)
+    acct, phone_port, number_id = await agent_number(hooks_sip_gw, conn)
     await conn.execute("UPDATE users SET name = 'Olive Owner' WHERE id = $1", acct.owner_id)
     owner_key = await create_key(conn, acct.id, acct.owner_id)
     agent_key = await create_key(conn, acct.id, acct.agent_id)
-    owner = Api(console_gw, owner_key)
+    owner = Api(hooks_sip_gw, owner_key)
     async with Receiver() as crm:
         status, _ = await owner.call("POST", "/v1/webhook-endpoints", json={"url": crm.url})
         assert status == 201
@@ -188,7 +170,7 @@ async def test_an_owner_runs_the_account_from_the_console(
             await write_calls(conn, [unanswered])
         await crm.wait_for(2)  # call.ended, notification.created
 
-        page = Browser(driver, f"http://127.0.0.1:{console_gw.http_port}", shots)
+        page = Browser(driver, f"http://127.0.0.1:{hooks_sip_gw.http_port}", shots)
         await page.do(lambda d: d.get(page.base + "/console"))
         focused = "the key field focused"
         await page.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key", focused)
@@ -231,7 +213,7 @@ async def test_an_owner_runs_the_account_from_the_console(
         # A live call appears (from the event stream, no reload) and disappears.
         agent = await start_sipp("agent", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=phone_port)
         caller = await start_sipp(
-            "caller", "uac_dialog.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(console_gw),
+            "caller", "uac_dialog.xml", tmp_path, ip=CARRIER_IP, remote=sip_target(hooks_sip_gw),
             service=NUMBER, pause_ms=3000,
         )  # fmt: skip
         await page.shows(live_row, "1 of 7")

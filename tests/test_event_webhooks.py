@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -202,6 +203,46 @@ async def test_the_crm_gets_signed_events_for_calls_texts_and_unknown_callers(
         assert status == 200 and len(seen["deliveries"]) == 6
         assert {d["status"] for d in seen["deliveries"]} == {"delivered"}
         assert (await theirs.call("GET", f"/v1/webhook-endpoints/{endpoint['id']}/deliveries"))[0] == 404
+
+
+async def test_a_sip_call_is_started_answered_and_ended_for_the_crm(
+    hooks_sip_gw: Gateway, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """call.started and call.answered come from the SIP core as the call goes
+    (no table holds them), call.ended from its record: one call, one id in
+    all three. An account with no endpoint costs the SIP side nothing."""
+    from tests.sipp_tools import CARRIER_IP, PHONE_IP, start_sipp
+    from tests.test_sip_calls import NUMBER, agent_number, sip_target
+
+    acct, phone_port, number_id = await agent_number(hooks_sip_gw, conn)
+    owner = Api(hooks_sip_gw, await create_key(conn, acct.id, acct.owner_id))
+    async with Receiver() as crm:
+        status, endpoint = await owner.call(
+            "POST",
+            "/v1/webhook-endpoints",
+            json={"url": crm.url, "event_types": ["call.started", "call.answered", "call.ended"]},
+        )
+        assert status == 201
+        agent = await start_sipp("agent", "uas_agent.xml", tmp_path, ip=PHONE_IP, port=phone_port)
+        caller = await start_sipp(
+            "caller",
+            "uac_dialog.xml",
+            tmp_path,
+            ip=CARRIER_IP,
+            remote=sip_target(hooks_sip_gw),
+            service=NUMBER,
+        )
+        assert await caller.wait(20) == 0, caller.errors()
+        assert await agent.wait(20) == 0, agent.errors()
+        await crm.wait_for(3)
+        events = crm.verified(endpoint["secret"])
+    by_type = {e["type"]: e["data"] for e in events}  # at least once, in no promised order
+    started, answered, ended = by_type["call.started"], by_type["call.answered"], by_type["call.ended"]
+    assert started["sip_call_id"] == answered["sip_call_id"] == ended["sip_call_id"]
+    assert (started["number_id"], started["direction"], started["callee"]) == (number_id, "inbound", NUMBER)
+    assert "answered_at" not in started
+    assert answered["answered_by"] == acct.agent_id == ended["answered_by"]
+    assert len({headers["webhook-id"] for headers, _ in crm.received}) == 3
 
 
 async def test_a_failed_delivery_is_retried_and_can_be_redelivered(

@@ -314,6 +314,8 @@ class StatsQuery(Input):
 
 
 EventType = Literal[
+    "call.started",
+    "call.answered",
     "call.ended",
     "call.limit_reached",
     "text.received",

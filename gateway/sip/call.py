@@ -29,6 +29,7 @@ from aiosipua import SipRequest, SipResponse
 
 from gateway.domain.call_slots import Slot
 from gateway.domain.calls import Disposition, Step, Target, carrier_status, disposition
+from gateway.domain.index import Number
 from gateway.sip import session_timer
 from gateway.sip.codec import encode
 from gateway.sip.dialog import DialogSide, next_hop
@@ -164,6 +165,7 @@ class Call:
         self.session_expires_s = session_expires_s
         self.on_end = on_end
         self.live_id = 0  # on the admin console's board of live calls, when it holds a slot
+        self.number: Number | None = None  # an inbound call's number (its events name it)
         self.state = CallState.ROUTING
         self.plan: tuple[Step, ...] = ()
         self.legs: list[Leg] = []

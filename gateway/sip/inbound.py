@@ -122,6 +122,8 @@ def _admitted(offer: _Offer, slot: Slot | None) -> None:
         session_expires_s=server.settings.session_expires_s,
         on_end=on_end,
     )
+    call.number = number
+    server.call_event(call, "call.started")
     if slot is not None:
         call.live_id = server.live.started(number.account_id, number.id, outcome.caller, invited_at)
     else:

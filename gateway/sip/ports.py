@@ -4,8 +4,8 @@ holds no SQL and no pool. Each call is one round trip."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from gateway.domain.call_slots import Slot
 from gateway.domain.index import Number
@@ -36,6 +36,12 @@ class SipStore(Protocol):
 
     async def text_back(self, number: Number, caller: str, body: str) -> None:
         """Text ``body`` from ``number`` to ``caller`` through its provider, and record it."""
+
+    def call_event(
+        self, event_type: str, account_id: int, data: Callable[[], dict[str, Any]]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Queue ``call.started``/``call.answered`` for the account's event
+        webhooks: the work to await, or None when nobody listens."""
 
     async def missed_call_text(self, number: Number, caller: str) -> None:
         """R17: the number's missed-call text to ``caller``, unless they opted

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from aiosipua import SipRequest, SipResponse
@@ -353,6 +354,18 @@ class SipServer:
     def call_answered(self, call: Call) -> None:
         if call.live_id:
             self.live.answered(call.live_id, call.outcome.answered_at or 0.0)
+        self.call_event(call, "call.answered")
+
+    def call_event(self, call: Call, event_type: str) -> None:
+        """``call.started``/``call.answered`` to the account's event webhooks
+        (issue 16): queued off the call's path, and only for an account that
+        listens (else the store answers None and nothing runs)."""
+        number = call.number
+        if number is None:
+            return
+        work = self.store.call_event(event_type, number.account_id, partial(_call_event_data, call, number))
+        if work is not None:
+            self.scheduler.spawn(work)
 
     def finish_call(self, number: Number, decision: Decision, call: Call) -> None:
         """A call ended: forget it, count it, and hand its record to the outbox
@@ -570,3 +583,15 @@ def _stateless_tag(req: SipRequest) -> str:
 def _invite_to_tag(invite: ServerTx) -> str | None:
     call = invite.call
     return call.caller.tag if call is not None else None
+
+
+def _call_event_data(call: Call, number: Number) -> dict[str, Any]:
+    o = call.outcome
+    data: dict[str, Any] = {
+        "sip_call_id": o.call_id, "number_id": number.id, "direction": o.direction,
+        "caller": o.caller, "callee": o.callee, "invited_at": utc(o.invited_at).isoformat(),
+    }  # fmt: skip
+    if o.answered_at is not None:
+        data["answered_at"] = utc(o.answered_at).isoformat()
+        data["answered_by"] = o.answered_by
+    return data

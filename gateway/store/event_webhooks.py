@@ -8,6 +8,7 @@ round trip.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,33 @@ async def create_endpoint(conn: Conn, account_id: int, url: str, event_types: li
         url,
         event_types,
         secret,
+    )
+
+
+async def accounts_listening(conn: Conn, event_types: tuple[str, ...]) -> set[int]:
+    """Accounts with an enabled endpoint that takes any of ``event_types``
+    (an empty list takes every type). Reads every enabled endpoint: a few
+    per account, read every few seconds at most."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT account_id FROM webhook_endpoints"
+        " WHERE enabled AND (event_types = '{}' OR event_types && $1::text[])",
+        list(event_types),
+    )
+    return {row["account_id"] for row in rows}
+
+
+async def queue_event(
+    conn: Conn, account_id: int, event_id: str, event_type: str, data: dict[str, Any]
+) -> None:
+    """Queue one event for the account's endpoints that take it (for facts no
+    table holds: a call ringing or answered). One statement."""
+    await conn.execute(
+        "SELECT webhook_fanout(jsonb_build_array(jsonb_build_object("
+        " 'account_id', $1::bigint, 'id', $2::text, 'type', $3::text, 'at', now(), 'data', $4::jsonb)))",
+        account_id,
+        event_id,
+        event_type,
+        json.dumps(data),
     )
 
 

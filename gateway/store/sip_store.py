@@ -3,20 +3,26 @@ pooled round trip per call."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 
 from gateway.domain.index import Index, Number
 from gateway.domain.routing import Decision
-from gateway.store import DB_AWAY, StoreRejected, StoreUnavailable, overflow, texts
+from gateway.store import DB_AWAY, StoreRejected, StoreUnavailable, event_webhooks, overflow, texts
 from gateway.store.credentials import SipUser, StoredKeys
 from gateway.store.crm import decide
 from gateway.store.index_queries import fetch_account_numbers
 from gateway.store.text_batch import DATA_REFUSED, Overloaded, TextBatcher
 
 ACQUIRE_TIMEOUT_S = 1.5
+LISTENERS_TTL_S = 2.0  # a new endpoint gets call.started/answered within this
+CALL_EVENTS = ("call.started", "call.answered")
 log = logging.getLogger(__name__)
 _UNAVAILABLE: tuple[type[BaseException], ...] = (Overloaded, *DB_AWAY)
 
@@ -33,6 +39,39 @@ class PgSipStore:
         self._index = index
         self._texts = batcher
         self._send_text = send_text
+        self._listening: set[int] = set()
+        self._listening_until = 0.0
+        self._refreshing = asyncio.Lock()
+
+    def call_event(
+        self, event_type: str, account_id: int, data: Callable[[], dict[str, Any]]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Queue ``call.started`` or ``call.answered`` for the account's
+        endpoints, with the data ``data()`` builds; None (no work at all, not
+        even building the data) when the account has none that take it.
+        Which accounts listen is read at most every ``LISTENERS_TTL_S``. One
+        statement when queued; an outage loses the event (no table holds the
+        fact: ``call.ended`` follows from the call record either way)."""
+        known = not self._refreshing.locked() and time.monotonic() < self._listening_until
+        if known and account_id not in self._listening:
+            return None
+        return self._queue_call_event(event_type, account_id, data())
+
+    async def _queue_call_event(self, event_type: str, account_id: int, data: dict[str, Any]) -> None:
+        try:
+            async with self._refreshing:  # one reader; the events behind it wait for its answer
+                if time.monotonic() >= self._listening_until:
+                    # Set first: with the database away, the next try is a TTL later, not
+                    # one per call queued behind this lock.
+                    self._listening_until = time.monotonic() + LISTENERS_TTL_S
+                    async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                        self._listening = await event_webhooks.accounts_listening(conn, CALL_EVENTS)
+            if account_id in self._listening:
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                    event_id = f"{event_type}_{uuid.uuid4()}"
+                    await event_webhooks.queue_event(conn, account_id, event_id, event_type, data)
+        except DB_AWAY as exc:
+            log.warning("%s event not queued: %s", event_type, exc)
 
     async def rotate(self, number: Number, caller: str | None) -> Decision:
         """One round trip: claim the number's round-robin turn (R4)."""
