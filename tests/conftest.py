@@ -174,16 +174,25 @@ async def sip_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
         await gateway.stop()
 
 
-@pytest.fixture
-async def hooks_sip_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
-    """SIP from the carrier SIPp, and event webhooks to a loopback receiver."""
-    settings = config.replace(
-        sip_settings(db_dsn, trunk_port),
-        webhooks=WebhooksSettings(allow_private_targets=True, poll_interval_s=0.05, timeout_s=2.0),
-    )
-    gw = Gateway(settings)
+async def _gateway_with_hooks(settings: Settings) -> AsyncIterator[Gateway]:
+    """A gateway that may deliver event webhooks to loopback (a test's receiver), quickly."""
+    hooks = WebhooksSettings(allow_private_targets=True, poll_interval_s=0.05, timeout_s=2.0)
+    gw = Gateway(config.replace(settings, webhooks=hooks))
     await gw.start()
     try:
         yield gw
     finally:
         await gw.stop()
+
+
+@pytest.fixture
+async def hooks_gw(db_dsn: str) -> AsyncIterator[Gateway]:
+    async for gw in _gateway_with_hooks(settings_for(db_dsn)):
+        yield gw
+
+
+@pytest.fixture
+async def hooks_sip_gw(db_dsn: str, trunk_port: int) -> AsyncIterator[Gateway]:
+    """SIP from the carrier SIPp too."""
+    async for gw in _gateway_with_hooks(sip_settings(db_dsn, trunk_port)):
+        yield gw

@@ -6,7 +6,7 @@ package, as a CRM would; retries, a dead endpoint, and SSRF refusals."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,6 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from gateway import config
-from gateway.config import WebhooksSettings
 from gateway.domain.routing import Decision
 from gateway.event_webhooks import TargetRefused, check_target
 from gateway.server import Gateway
@@ -27,7 +25,6 @@ from gateway.store.calls import CallRecord, write_calls
 from gateway.store.index_queries import fetch_number
 from gateway.store.overflow import announce_over_limit
 from tests import factories
-from tests.conftest import settings_for
 from tests.test_crm import Api
 
 
@@ -74,21 +71,6 @@ class Receiver:
         """Each body, verified as a CRM would (raises on a bad signature)."""
         hook = Webhook(secret)
         return [hook.verify(body.decode(), headers) for headers, body in self.received]
-
-
-@pytest.fixture
-async def hooks_gw(db_dsn: str) -> AsyncIterator[Gateway]:
-    """A gateway that may deliver to loopback (the receiver), quickly."""
-    settings = config.replace(
-        settings_for(db_dsn),
-        webhooks=WebhooksSettings(allow_private_targets=True, poll_interval_s=0.05, timeout_s=2.0),
-    )
-    gw = Gateway(settings)
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
 
 
 def _call(number: Any, call_id: str, disposition: str, unknown_to: tuple[int, ...] = ()) -> CallRecord:

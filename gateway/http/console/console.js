@@ -94,6 +94,17 @@ function button(label, onClick, accessibleName) {
   return b;
 }
 
+// A table row whose first cell is its header (a screen reader names the row by it).
+function headedRow(key, value, heading) {
+  const tr = document.createElement("tr");
+  tr.dataset[key] = value;
+  const th = document.createElement("th");
+  th.scope = "row";
+  th.textContent = heading;
+  tr.append(th);
+  return tr;
+}
+
 function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "";
 }
@@ -166,12 +177,7 @@ async function loadNumbers() {
   state.users = new Map(users.users.map((u) => [u.id, u]));
   const tbody = fill($("#numbers-table tbody"), state.numbers, "No numbers yet.", 8);
   for (const n of state.numbers) {
-    const tr = document.createElement("tr");
-    tr.dataset.numberId = n.id;
-    const th = document.createElement("th");
-    th.scope = "row";
-    th.textContent = n.e164;
-    tr.append(th);
+    const tr = headedRow("numberId", n.id, n.e164);
     cell(tr, n.description);
     const names = n.route_user_ids.map((id) => userName(state.users.get(id)) || `user ${id}`).join(", ");
     cell(tr, `${ROUTES[n.unknown_route] || n.unknown_route}${names ? `: ${names}` : ""}`);
@@ -248,12 +254,7 @@ function renderBoard() {
   const tbody = fill($("#live-table tbody"), state.numbers, "No numbers yet.", 3);
   for (const n of state.numbers) {
     const live = state.board.get(n.id) || { active: 0, calls: [] };
-    const tr = document.createElement("tr");
-    tr.dataset.numberId = n.id;
-    const th = document.createElement("th");
-    th.scope = "row";
-    th.textContent = n.e164;
-    tr.append(th);
+    const tr = headedRow("numberId", n.id, n.e164);
     const count = cell(tr, "");
     count.textContent = "";
     const meter = document.createElement("meter");
@@ -351,12 +352,7 @@ async function loadNotifications() {
   const numbers = new Map(state.numbers.map((n) => [n.id, n.e164]));
   const tbody = fill($("#notifications-table tbody"), found.notifications, "No open notifications.", 6);
   for (const note of found.notifications) {
-    const tr = document.createElement("tr");
-    tr.dataset.notificationId = note.id;
-    const th = document.createElement("th");
-    th.scope = "row";
-    th.textContent = note.caller_e164;
-    tr.append(th);
+    const tr = headedRow("notificationId", note.id, note.caller_e164);
     cell(tr, numbers.get(note.number_id) || `number ${note.number_id}`);
     cell(tr, note.channel);
     cell(tr, [note.source, note.tag].filter(Boolean).join(" / "));
