@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,6 +16,24 @@ from prometheus_client import (
 )
 
 from gateway import __version__
+
+Labelled = TypeVar("Labelled", Counter, Gauge, Histogram)
+
+
+def children(metric: Labelled) -> Callable[..., Labelled]:
+    """``metric.labels(*values)`` with each child made once. ``labels()``
+    validates, builds a tuple and takes a lock on every call; the webhook
+    path asks for the same few children for every text (issue 13). Label
+    values must come from a bounded set, as for ``labels()`` itself."""
+    made: dict[tuple[str, ...], Labelled] = {}
+
+    def child(*values: str) -> Labelled:
+        found = made.get(values)
+        if found is None:
+            found = made[values] = metric.labels(*values)
+        return found
+
+    return child
 
 
 class Metrics:
@@ -74,6 +93,9 @@ class Metrics:
             ["provider", "outcome"],
             registry=r,
         )
+        self.text_outcome = children(self.texts_received)  # (provider, outcome)
+        self.http_answered = children(self.http_requests)  # (route, status)
+        self.http_timed = children(self.http_request_seconds)  # (method, route)
         self.text_batch_size = Histogram(
             "gateway_text_batch_size",
             "Inbound texts written per group commit",
@@ -130,6 +152,7 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        self.webhook_refused = children(self.webhooks_rejected)  # (provider, reason)
 
     def watch_pool(self, size: Callable[[], float], in_use: Callable[[], float]) -> None:
         self.db_pool_size.set_function(size)

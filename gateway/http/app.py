@@ -44,6 +44,14 @@ _REGISTERED = (
 )
 
 
+# Any token is a method to the parser: a label per stranger's invention would grow the registry for ever.
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
+def _method_label(method: str) -> str:
+    return method if method in _METHODS else "other"
+
+
 def build_app(deps: Deps) -> web.Application:
     """The aiohttp application over ``deps`` (built by the composition root)."""
     metrics = deps.metrics
@@ -57,8 +65,8 @@ def build_app(deps: Deps) -> web.Application:
         try:
             response = await handler(request)
         finally:
-            metrics.http_request_seconds.labels(request.method, route).observe(time.perf_counter() - started)
-        metrics.http_requests.labels(route=route, status=str(response.status)).inc()
+            metrics.http_timed(_method_label(request.method), route).observe(time.perf_counter() - started)
+        metrics.http_answered(route, str(response.status)).inc()
         return response
 
     app = web.Application(

@@ -81,7 +81,7 @@ _TWILIO_NUMBERED = re.compile(r"^(MediaUrl|MediaContentType)[0-9]{1,2}$")
 
 
 def _refuse(request: web.Request, provider: str, reason: str, status: int, detail: str) -> web.Response:
-    deps(request).metrics.webhooks_rejected.labels(provider=provider, reason=reason).inc()
+    deps(request).metrics.webhook_refused(provider, reason).inc()
     log.warning("%s webhook refused from %s: %s", provider, request.remote, reason)
     return problem(status, "Forbidden" if status == 403 else "Service Unavailable", detail)
 
@@ -91,7 +91,7 @@ def _shed(request: web.Request, provider: str) -> web.Response | None:
     :mod:`gateway.http.load_shed`); None when the request may go on."""
     if not deps(request).loop_lag.overloaded:
         return None
-    deps(request).metrics.texts_received.labels(provider=provider, outcome="overloaded").inc()
+    deps(request).metrics.text_outcome(provider, "overloaded").inc()
     refused = problem(503, "Service Unavailable", "the gateway is behind; redeliver it")
     refused.headers["Retry-After"] = "1"
     return refused
@@ -135,18 +135,18 @@ async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accept
     except Overloaded as exc:
         # More waiting than can be written within the provider's budget: say so
         # now, rather than answer after the provider gave up (issue 13).
-        metrics.texts_received.labels(provider=text.provider, outcome="overloaded").inc()
+        metrics.text_outcome(text.provider, "overloaded").inc()
         log.warning("text %s refused: %s", text.provider_message_id, exc)
         refused = problem(503, "Service Unavailable", "too many texts waiting; redeliver it")
         refused.headers["Retry-After"] = "1"
         return refused
     except texts.UnknownNumber:
-        metrics.texts_received.labels(provider=text.provider, outcome="unknown_number").inc()
+        metrics.text_outcome(text.provider, "unknown_number").inc()
         return not_found(f"number {text.to_e164} on this gateway")
     except DATA_REFUSED as exc:
         # Never 200 for what is not stored, and never to the outbox, which could
         # not store it either (issue 12, item 2).
-        metrics.texts_received.labels(provider=text.provider, outcome="rejected").inc()
+        metrics.text_outcome(text.provider, "rejected").inc()
         log.warning("text %s refused by the database: %s", text.provider_message_id, exc)
         return problem(400, "Bad Request", f"the text cannot be stored: {type(exc).__name__}")
     except _DB_DOWN as exc:
@@ -154,13 +154,13 @@ async def _accept(request: web.Request, text: texts.InboundText) -> texts.Accept
         try:
             await deps(request).outbox.add_text(text)
         except OSError as disk:
-            metrics.texts_received.labels(provider=text.provider, outcome="db_unavailable").inc()
+            metrics.text_outcome(text.provider, "db_unavailable").inc()
             log.warning("text %s not stored (%s; outbox: %s)", text.provider_message_id, exc, disk)
             return _redeliver("the text could not be stored; redeliver it")
-        metrics.texts_received.labels(provider=text.provider, outcome="queued").inc()
+        metrics.text_outcome(text.provider, "queued").inc()
         return texts.Accepted(0, duplicate=False, reason="queued")
     outcome = "duplicate" if accepted.duplicate else ("routed" if accepted.recipients else "no_target")
-    metrics.texts_received.labels(provider=text.provider, outcome=outcome).inc()
+    metrics.text_outcome(text.provider, outcome).inc()
     return accepted
 
 
