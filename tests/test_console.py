@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -82,7 +82,12 @@ class Browser:
         return await asyncio.to_thread(step, self.driver)
 
     async def until(self, check: Callable[[WebDriver], Any], what: str, limit_s: float = 10) -> Any:
-        wait = WebDriverWait(self.driver, limit_s, poll_frequency=0.05)
+        # The live table re-renders from the event stream, so an element found
+        # a moment ago may be replaced before its text is read: look again.
+        wait = WebDriverWait(
+            self.driver, limit_s, poll_frequency=0.05,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )  # fmt: skip
         return await asyncio.to_thread(wait.until, check, f"not within {limit_s}s: {what}")
 
     async def shot(self, name: str) -> None:
