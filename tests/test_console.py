@@ -108,14 +108,11 @@ class Browser:
         and clicked again if the page re-rendered it in between)."""
 
         def click(d: WebDriver) -> bool:
-            try:
-                button = d.execute_script(_BUTTON_NAMED, name)
-                if button is None:
-                    return False
-                button.click()
-                return True
-            except StaleElementReferenceException:
+            button = d.execute_script(_BUTTON_NAMED, name)
+            if button is None:
                 return False
+            button.click()
+            return True
 
         await self.until(click, f"a button named {name!r}")
 
