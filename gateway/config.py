@@ -99,7 +99,7 @@ class LimitsSettings(_Section):
 class TextsSettings(_Section):
     """Group commit of inbound texts (issue 13)."""
 
-    batch_max: int = 256
+    batch_max: int = 1024
     max_pending: int = 2000
     writers: int = 2
     shed_at_loop_lag_s: float = 0.5
