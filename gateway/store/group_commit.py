@@ -7,9 +7,13 @@ natural, not timed: while one batch is written the next one fills, so an idle
 gateway writes its first request at once and a busy one as many as arrived
 during the last commit.
 
-Several writers run at once (``writers``), so one batch's commit overlaps the
-next one's statement. A writer keeps its connection for a whole busy period
-(no acquire and reset round trip per batch) and lets it go when nothing waits.
+Several writers may run at once (``writers``), so one batch's commit overlaps
+the next one's statement. The first starts with the first request; each
+further one only once more than ``extra_writer_at`` wait: on a shallow queue
+a second writer only splits the batch (paying the statement's fixed cost
+twice) and competes with the HTTP side for the CPU. A writer keeps its
+connection for a whole busy period (no acquire and reset round trip per
+batch) and lets it go when nothing waits.
 A database that is away fails every request of the batch with the
 connection's error, for the caller to queue or answer 503. When more than
 ``max_pending`` wait, a newcomer is refused at once (:class:`Overloaded`)
@@ -62,8 +66,10 @@ class GroupCommit(ABC, Generic[Key, Row]):
         writers: int,
         acquire_timeout_s: float,
         on_batch: BatchObserver | None,
+        extra_writer_at: int = 0,
     ) -> None:
         self._pool = pool
+        self._extra_writer_at = extra_writer_at
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._max_writers = writers
@@ -77,6 +83,11 @@ class GroupCommit(ABC, Generic[Key, Row]):
         """Requests waiting for a batch (not counting those being written)."""
         return len(self._pending)
 
+    @property
+    def writing(self) -> int:
+        """Writers running now (at most ``writers``)."""
+        return len(self._writers)
+
     def _join(self, key: Key, new_row: Callable[[], Row]) -> tuple[Row, asyncio.Future[Any]]:
         """The pending row for ``key`` (made by ``new_row`` if none waits)
         and a future for its answer; a writer is started if one is free.
@@ -88,7 +99,9 @@ class GroupCommit(ABC, Generic[Key, Row]):
             row = self._pending[key] = new_row()
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         row.waiters.append(waiter)
-        if len(self._writers) < self._max_writers:
+        if not self._writers or (
+            len(self._writers) < self._max_writers and len(self._pending) > self._extra_writer_at
+        ):
             self._writers.add(asyncio.get_running_loop().create_task(self._write_all()))
         return row, waiter
 

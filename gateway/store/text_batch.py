@@ -60,6 +60,7 @@ class TextBatcher(GroupCommit[tuple[str, str], _Pending]):
             writers=writers,
             acquire_timeout_s=acquire_timeout_s,
             on_batch=on_batch,
+            extra_writer_at=max_batch // 4,
         )
 
     async def accept(self, index: Index, text: InboundText) -> Accepted:
