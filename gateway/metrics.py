@@ -111,6 +111,11 @@ class Metrics:
         self.text_queue_depth = Gauge(
             "gateway_text_queue_depth", "Inbound texts waiting for the next batch", registry=r
         )
+        self.text_writers = Gauge(
+            "gateway_text_writers",
+            "Text batches being written now; more than one only while the queue is deep",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "gateway_event_loop_lag_seconds", "How late the event loop runs a 20 ms timer", registry=r
         )
@@ -176,8 +181,9 @@ class Metrics:
     def watch_index_following(self, following: Callable[[], float]) -> None:
         self.index_following.set_function(following)
 
-    def watch_text_queue(self, depth: Callable[[], float]) -> None:
+    def watch_text_queue(self, depth: Callable[[], float], writers: Callable[[], float]) -> None:
         self.text_queue_depth.set_function(depth)
+        self.text_writers.set_function(writers)
 
     def watch_loop_lag(self, lag: Callable[[], float]) -> None:
         self.loop_lag.set_function(lag)

@@ -114,7 +114,7 @@ class Gateway:
             on_batch=self.metrics.observe_text_batch,
         )
         texts = self.texts
-        self.metrics.watch_text_queue(lambda: texts.depth)
+        self.metrics.watch_text_queue(lambda: texts.depth, lambda: texts.writing)
         self.loop_lag = LoopLag(self.settings.texts.shed_at_loop_lag_s)
         self.loop_lag.start()
         self.webhooks = WebhookSender(pool, self.settings.webhooks, self.metrics.event_webhooks)

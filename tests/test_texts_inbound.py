@@ -143,6 +143,14 @@ async def test_twilio_text_from_a_lead_is_stored_routed_and_charged(
     assert (await twilio_post(gw, twilio_params("SM0001", NumSegments="2")))[0] == 200
     for table in ("messages", "timeline_events", "usage_ledger"):
         assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 1
+    # Issue 13: the queue and its writers are visible, and idle again once the
+    # writer has handed its connection back.
+    for _ in range(50):
+        _, metrics = await get_text(gw, "/metrics")
+        if "\ngateway_text_writers 0.0" in metrics:
+            break
+        await asyncio.sleep(0.02)
+    assert "\ngateway_text_writers 0.0" in metrics and "\ngateway_text_queue_depth 0.0" in metrics
 
 
 async def test_concurrent_redeliveries_store_once(gw: Gateway, conn: asyncpg.Connection) -> None:
