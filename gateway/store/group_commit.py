@@ -90,7 +90,8 @@ class GroupCommit(ABC, Generic[Key, Row]):
 
     def _join(self, key: Key, new_row: Callable[[], Row]) -> tuple[Row, asyncio.Future[Any]]:
         """The pending row for ``key`` (made by ``new_row`` if none waits)
-        and a future for its answer; a writer is started if one is free.
+        and a future for its answer; a writer is started if none runs, or
+        another (up to ``writers``) if more than ``extra_writer_at`` wait.
         Raises Overloaded when a new row would make too many wait."""
         row = self._pending.get(key)
         if row is None:
