@@ -12,9 +12,9 @@ redelivery shortcut):
   ``--seconds``, texts/s, Twilio and Telnyx; ``--repeats`` pairs of runs,
   bare and gateway in alternating order, and the pair with the median ratio
   is reported (runs on this machine vary by up to 2x);
-* capacity: at 32 connections the gateway is bound by latency (each request
-  waits for a batch's commit, and a third of the CPU stays idle), the bare
-  handler by CPU. Each side's capacity is its best Twilio throughput over
+* capacity: at 32 connections the gateway is bound by its writer's commits
+  (each request waits for one; the CPU is not all used), the bare handler
+  by CPU. Each side's capacity is its best Twilio throughput over
   32, 128 and 512 connections, so the overload runs below are at 2x and 4x
   what the gateway can really take;
 * latency: an open-loop client (benchmarks/open_loop.py) at ``--rate`` texts/s
