@@ -108,6 +108,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
             registry=r,
         )
+        self.send_outcome_batch_size = Histogram(
+            "gateway_send_outcome_batch_size",
+            "Outbound sends whose outcome (status, timeline, usage) was written per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.text_queue_depth = Gauge(
             "gateway_text_queue_depth", "Inbound texts waiting for the next batch", registry=r
         )
@@ -166,6 +172,9 @@ class Metrics:
     def observe_text_batch(self, size: int, seconds: float) -> None:
         self.text_batch_size.observe(size)
         self.text_batch_seconds.observe(seconds)
+
+    def observe_send_outcome_batch(self, size: int, seconds: float) -> None:
+        self.send_outcome_batch_size.observe(size)
 
     def watch_cluster(self, degraded: Callable[[], float], live: Callable[[], float]) -> None:
         """The cluster R7 counter's state (issue 14)."""

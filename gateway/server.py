@@ -37,6 +37,7 @@ from gateway.store.events import EventHub
 from gateway.store.index_keeper import IndexKeeper
 from gateway.store.migrations import migrate
 from gateway.store.outbox import Outbox
+from gateway.store.outcome_batch import SendOutcomes
 from gateway.store.sip_store import PgSipStore
 from gateway.store.status_batch import StatusBatcher
 from gateway.store.text_batch import TextBatcher
@@ -135,6 +136,7 @@ class Gateway:
                 statuses=StatusBatcher(
                     pool, max_batch=self.settings.texts.batch_max, max_pending=self.settings.texts.max_pending
                 ),
+                send_outcomes=SendOutcomes(pool, on_batch=self.metrics.observe_send_outcome_batch),
                 loop_lag=self.loop_lag,
                 limiter=FailureLimiter(
                     self.settings.limits.failures_per_s, self.settings.limits.failure_burst

@@ -4,6 +4,7 @@ idempotency keys, failures, status callbacks."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,6 +35,7 @@ class FakeProviders:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
         self.fail_first: list[int] = []  # statuses to answer before succeeding
+        self.gate: asyncio.Event | None = None  # when set, Twilio answers only once it opens
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.twilio)
         app.router.add_post("/v2/messages", self.telnyx)
@@ -54,11 +56,16 @@ class FakeProviders:
     async def twilio(self, request: web.Request) -> web.Response:
         form = dict(await request.post())
         self.calls.append({"provider": "twilio", "auth": request.headers.get("Authorization"), **form})
+        sid = f"SM{len(self.calls):032d}"
         if (failed := self._maybe_fail()) is not None:
             return failed
+        if self.gate is not None:
+            await self.gate.wait()
         if form.get("To") == "+15550000400":
             return web.json_response({"code": 21211, "message": "The 'To' number is not valid."}, status=400)
-        return web.json_response({"sid": f"SM{len(self.calls):032d}", "status": "queued"}, status=201)
+        if form.get("To") == "+15550000414":  # an id longer than any Twilio sends
+            return web.json_response({"sid": "SM" + "9" * 300, "status": "queued"}, status=201)
+        return web.json_response({"sid": sid, "status": "queued"}, status=201)
 
     async def telnyx(self, request: web.Request) -> web.Response:
         payload = await request.json()
@@ -240,3 +247,46 @@ async def test_status_callbacks_move_forward_only(
     assert (
         await conn.fetchval("SELECT status FROM messages WHERE provider_message_id = $1", sid) == "delivered"
     )
+
+
+async def test_concurrent_sends_share_one_outcome_batch_and_each_is_recorded_once(
+    gw: Gateway, conn: asyncpg.Connection, fake: FakeProviders
+) -> None:
+    """Issue 13, item 5: sends that finish together are recorded in one
+    statement, each as alone: status and provider id, R2 timeline on every
+    duplicate lead of the same agent, R9 usage for the sender; a failed send
+    in the same batch is marked failed and costs nothing; a provider id that
+    Postgres refuses fails only its own send, with a 502, not a 500."""
+    acct, apis, lead = await world(gw, conn)
+    twin = await factories.lead(conn, acct.id, acct.agent_id, LEAD_PHONE)  # R2: same agent, both get it
+    assert gw.keeper is not None
+    await gw.keeper.wait_until(lambda idx: len(idx.leads_for(acct.id, LEAD_PHONE)) == 2)
+    fake.gate = asyncio.Event()
+    sends = [send(apis["agent"], {"to": LEAD_PHONE, "body": f"open house {i}"}) for i in range(24)]
+    sends.append(send(apis["agent"], {"to": "+15550000400", "body": "bad number"}))
+    sends.append(send(apis["agent"], {"to": "+15550000414", "body": "odd answer"}))
+    sending = asyncio.gather(*sends)
+    while len(fake.calls) < len(sends):
+        await asyncio.sleep(0.01)
+    fake.gate.set()
+    answers = await sending
+    assert [a[0] for a in answers] == [201] * 24 + [422, 502], [a[1] for a in answers[-2:]]
+    sent = {a[1]["id"] for a in answers[:24]}
+    rows = await conn.fetch(
+        "SELECT id, status, provider_message_id FROM messages WHERE id = ANY($1::bigint[])", list(sent)
+    )
+    assert {(r["status"], r["provider_message_id"].startswith("SM")) for r in rows} == {("queued", True)}
+    assert len({r["provider_message_id"] for r in rows}) == 24
+    timeline = await conn.fetch(
+        "SELECT lead_id, count(*) AS n FROM timeline_events WHERE message_id = ANY($1::bigint[]) GROUP BY 1",
+        list(sent),
+    )
+    assert {(r["lead_id"], r["n"]) for r in timeline} == {(lead, 24), (twin, 24)}
+    usage = await conn.fetch("SELECT user_id, quantity, message_id FROM usage_ledger")
+    assert sorted(r["message_id"] for r in usage) == sorted(sent)
+    assert {(r["user_id"], r["quantity"]) for r in usage} == {(acct.agent_id, 1)}
+    assert answers[24][1]["message"]["status"] == "failed" and "not valid" in answers[24][1]["detail"]
+    assert "could not be recorded" in answers[25][1]["detail"]
+    batches = gw.metrics.registry.get_sample_value("gateway_send_outcome_batch_size_count")
+    recorded = gw.metrics.registry.get_sample_value("gateway_send_outcome_batch_size_sum")
+    assert recorded == 26 and batches is not None and batches < 26

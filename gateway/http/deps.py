@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.store import Pool
     from gateway.store.events import EventHub
     from gateway.store.outbox import Outbox
+    from gateway.store.outcome_batch import SendOutcomes
     from gateway.store.purchases import Inventory
     from gateway.store.status_batch import StatusBatcher
     from gateway.store.text_batch import TextBatcher
@@ -41,6 +42,7 @@ class Deps:
     outbox: Outbox
     texts: TextBatcher
     statuses: StatusBatcher
+    send_outcomes: SendOutcomes
     loop_lag: LoopLag
     limiter: FailureLimiter
     inventory: Inventory

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,9 @@ from gateway.providers import SendFailed, Sent
 from gateway.store import outbound
 from gateway.store.crm import may_use
 from gateway.store.index_queries import fetch_account_numbers, fetch_user
+from gateway.store.text_batch import DATA_REFUSED
+
+log = logging.getLogger(__name__)
 
 
 @API.op(
@@ -99,9 +103,8 @@ async def send_message(request: web.Request) -> web.Response:
         )
     except SendFailed as exc:
         failure = exc
-    async with deps(request).pool.acquire() as conn:
-        row = await outbound.record_outcome(
-            conn,
+    try:
+        row = await deps(request).send_outcomes.record(
             deps(request).index(),
             message_id=row["id"],
             number=number,
@@ -111,6 +114,13 @@ async def send_message(request: web.Request) -> web.Response:
             at=at,
             sent=(sent.provider_message_id, sent.status) if sent is not None else None,
             error_code=(failure.code or failure.detail) if failure is not None else "",
+        )
+    except DATA_REFUSED as exc:
+        # The provider took the text but answered what Postgres refuses (an id
+        # past 200 characters): the provider's fault, not the client's, never a 500.
+        log.warning("outcome of message %s not recorded: %s", row["id"], exc)
+        return problem(
+            502, "Text not recorded", f"the provider's answer could not be recorded: {type(exc).__name__}"
         )
     if failure is not None:
         status = 422 if failure.client_error else 502

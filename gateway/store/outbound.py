@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from gateway.domain.index import Index, Number
-from gateway.domain.routing import Decision, lead_rules
+from gateway.domain.index import Number
+from gateway.domain.routing import Decision, Reason
 from gateway.store import Conn
 from gateway.store.crm import InboundEvent, record_timeline, record_usage
 
@@ -71,8 +71,9 @@ async def claim(
 
 async def record_outcome(
     conn: Conn,
-    index: Index,
     *,
+    leads: tuple[int, ...],
+    reason: Reason,
     message_id: int,
     number: Number,
     user_id: int,
@@ -83,9 +84,11 @@ async def record_outcome(
     error_code: str,
 ) -> Any:
     """After the send: ``sent`` is the provider's (message id, status), else
-    the send failed with ``error_code``. On success
-    the R1-R3 timeline records on the destination's leads and R9 usage for the
-    sender. One transaction."""
+    the send failed with ``error_code``. On success the R1-R3 timeline records
+    on ``leads`` (``lead_rules`` of the destination's leads, for ``reason``)
+    and R9 usage for the sender. One transaction, up to five round trips:
+    :class:`gateway.store.outcome_batch.SendOutcomes` does the same for many
+    sends at once, and falls back to this one send at a time."""
     async with conn.transaction():
         if sent is not None:
             row = await conn.fetchrow(
@@ -94,7 +97,6 @@ async def record_outcome(
                 message_id,
                 *sent,
             )
-            timeline, _, reason = lead_rules(index.leads_for(number.account_id, to_e164))
             event = InboundEvent(
                 number=number,
                 channel="text",
@@ -105,7 +107,7 @@ async def record_outcome(
                 message_id=message_id,
                 direction="outbound",
             )
-            await record_timeline(conn, event, Decision(reason, "single", (user_id,), timeline, 0))
+            await record_timeline(conn, event, Decision(reason, "single", (user_id,), leads, 0))
             await record_usage(
                 conn,
                 account_id=number.account_id,
