@@ -24,9 +24,6 @@ import asyncio
 import itertools
 import json
 import os
-import re
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +37,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import percentile, result_line
+from benchmarks.common import ensure_wrk, free_tcp_port, median_pair, percentile, result_line, wrk_rate
 from gateway.store.api_keys import create_key
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
@@ -169,17 +166,9 @@ def run_wrk(port: int, key: str, seconds: float, work: Path) -> float:
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
-    out = subprocess.run(
-        [shutil.which("wrk") or "wrk", "-t2", "-c32", f"-d{int(seconds)}s", "-s", str(script),
-         f"http://127.0.0.1:{port}/v1/messages"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        print(f"  warning: {non2xx.group(1)} non-2xx answers", flush=True)
-    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert found, out
-    return float(found.group(1))
+    return wrk_rate(
+        ["-t2", "-c32", f"-d{int(seconds)}s", "-s", str(script), f"http://127.0.0.1:{port}/v1/messages"]
+    )
 
 
 async def main() -> None:
@@ -190,15 +179,14 @@ async def main() -> None:
     parser.add_argument("--sends", type=int, default=500, help="sends one by one, for latency")
     parser.add_argument("--repeats", type=int, default=3, help="throughput pairs; the median ratio counts")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="gw-send-bench-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)
         cluster = EmbeddedPostgres(work / "pg")
         dsn = await asyncio.to_thread(cluster.start)
         key = await seed(dsn)
-        stub_port, bare_port = _free_tcp(), _free_tcp()
+        stub_port, bare_port = free_tcp_port(), free_tcp_port()
         provider = f"http://127.0.0.1:{stub_port}"
         children = [
             subprocess.Popen([sys.executable, __file__, "--stub-twilio", str(stub_port)]),
@@ -234,7 +222,7 @@ async def main() -> None:
                     f" (ratio {pairs[-1][0] / pairs[-1][1]:.2f})",
                     flush=True,
                 )
-            ours, bare = sorted(pairs, key=lambda pair: pair[0] / pair[1])[len(pairs) // 2]
+            ours, bare = median_pair(pairs)
             await asyncio.sleep(1)  # the sends wrk left in flight at its end
             conn = await asyncpg.connect(dsn)
             try:
@@ -265,13 +253,6 @@ async def main() -> None:
                 child.terminate()
                 child.wait()
             await asyncio.to_thread(cluster.stop)
-
-
-def _free_tcp() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

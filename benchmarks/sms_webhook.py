@@ -33,8 +33,6 @@ import argparse
 import asyncio
 import base64
 import json
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,7 +51,7 @@ from twilio.request_validator import RequestValidator
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import open_loop
-from benchmarks.common import percentile, result_line
+from benchmarks.common import ensure_wrk, free_tcp_port, median_pair, percentile, result_line, wrk_rate
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
 from tests.factories import twilio_sid
@@ -228,9 +226,8 @@ def bare_server(port: int) -> None:
 def run_wrk(port: int, path: str, requests: Path, seconds: float, connections: int = 32) -> float:
     script = requests.with_suffix(".lua")
     script.write_text(LUA)
-    out = subprocess.run(
+    return wrk_rate(
         [
-            shutil.which("wrk") or "wrk",
             f"-t{WRK_THREADS}",
             f"-c{connections}",
             f"-d{int(seconds)}s",
@@ -239,17 +236,8 @@ def run_wrk(port: int, path: str, requests: Path, seconds: float, connections: i
             f"http://127.0.0.1:{port}{path}",
             "--",
             str(requests),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        print(f"  warning: {non2xx.group(1)} non-2xx answers", flush=True)
-    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert found, out
-    return float(found.group(1))
+        ]
+    )
 
 
 def summary(outcome: open_loop.Outcome) -> str:
@@ -274,14 +262,13 @@ async def main() -> None:
         "--repeats", type=int, default=3, help="throughput pairs (bare, gateway); the median ratio counts"
     )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="gw-sms-bench-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)
         cluster = EmbeddedPostgres(work / "pg")
         dsn = await asyncio.to_thread(cluster.start)
-        bare_port = _free_tcp()
+        bare_port = free_tcp_port()
         bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)])
         gw = GatewayProcess(
             {
@@ -332,8 +319,8 @@ async def main() -> None:
                         f" bare aiohttp {bare_k:,.0f}/s (ratio {ours / bare_k:.2f})",
                         flush=True,
                     )
-            ours_rps, bare_rps = _median_pair(pairs["twilio"])
-            ours_telnyx, bare_telnyx = _median_pair(pairs["telnyx"])
+            ours_rps, bare_rps = median_pair(pairs["twilio"])
+            ours_telnyx, bare_telnyx = median_pair(pairs["telnyx"])
             print(f"Twilio (median ratio): gateway {ours_rps:,.0f}/s, bare aiohttp {bare_rps:,.0f}/s")
             print(
                 f"Telnyx (median ratio): gateway {ours_telnyx:,.0f}/s, bare aiohttp {bare_telnyx:,.0f}/s"
@@ -413,21 +400,6 @@ async def main() -> None:
         ),
         flush=True,
     )
-
-
-def _median_pair(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The (gateway, bare) pair whose ratio is the median: one noisy run
-    on a shared 2-core machine can move either side by half."""
-    ranked = sorted(pairs, key=lambda pair: pair[0] / pair[1])
-    return ranked[len(ranked) // 2]
-
-
-def _free_tcp() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":
