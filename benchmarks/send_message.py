@@ -41,6 +41,7 @@ from benchmarks.common import ensure_wrk, free_tcp_port, median_pair, percentile
 from gateway.store.api_keys import create_key
 from gateway.store.embedded import EmbeddedPostgres
 from gateway.store.migrations import migrate
+from tests import factories
 from tests.gateway_process import GatewayProcess
 
 SID, TOKEN = "AC0123456789", "0123456789abcdef0123456789abcdef"
@@ -113,33 +114,15 @@ def bare_server(port: int, dsn: str, provider: str) -> None:
 
 
 async def seed(dsn: str) -> str:
-    """An account with an agent, a company number and one lead; the agent's API key."""
+    """An account with an agent, a company number and one lead; the agent's
+    API key. Texts past the allowance are recorded, not blocked (the default)."""
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)
-        account = await conn.fetchval(
-            "INSERT INTO accounts (name, plan) VALUES ('b', 'enterprise') RETURNING id"
-        )
-        agent = await conn.fetchval(
-            "INSERT INTO users (account_id, email, role, package, included_segments)"
-            " VALUES ($1, 'a@b.test', 'owner', 'standard', 100000000) RETURNING id",
-            account,
-        )
-        await conn.execute(
-            "INSERT INTO numbers (account_id, e164, kind) VALUES ($1, $2, 'company')", account, NUMBER
-        )
-        lead = await conn.fetchval(
-            "INSERT INTO leads (account_id, primary_agent_id, source) VALUES ($1, $2, 'Web') RETURNING id",
-            account,
-            agent,
-        )
-        await conn.execute(
-            "INSERT INTO lead_phones (account_id, lead_id, e164) VALUES ($1, $2, $3)",
-            account,
-            lead,
-            LEAD_PHONE,
-        )
-        return await create_key(conn, account, agent)
+        account = await factories.account(conn)
+        await factories.number(conn, account.id, NUMBER)
+        await factories.lead(conn, account.id, account.agent_id, LEAD_PHONE)
+        return await create_key(conn, account.id, account.agent_id)
     finally:
         await conn.close()
 

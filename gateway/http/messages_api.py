@@ -103,18 +103,18 @@ async def send_message(request: web.Request) -> web.Response:
         )
     except SendFailed as exc:
         failure = exc
+    outcome = outbound.Outcome(
+        message_id=row["id"],
+        number=number,
+        user_id=who.user_id,
+        to_e164=to,
+        segments=segments,
+        at=at,
+        sent=(sent.provider_message_id, sent.status) if sent is not None else None,
+        error_code=(failure.code or failure.detail) if failure is not None else "",
+    )
     try:
-        row = await deps(request).send_outcomes.record(
-            deps(request).index(),
-            message_id=row["id"],
-            number=number,
-            user_id=who.user_id,
-            to_e164=to,
-            segments=segments,
-            at=at,
-            sent=(sent.provider_message_id, sent.status) if sent is not None else None,
-            error_code=(failure.code or failure.detail) if failure is not None else "",
-        )
+        row = await deps(request).send_outcomes.record(deps(request).index(), outcome)
     except DATA_REFUSED as exc:
         # The provider took the text but answered what Postgres refuses (an id
         # past 200 characters): the provider's fault, not the client's, never a 500.

@@ -3,6 +3,7 @@ record after it, and delivery statuses from the providers' callbacks."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -69,26 +70,28 @@ async def claim(
     return row, "replay" if same else "conflict"
 
 
-async def record_outcome(
-    conn: Conn,
-    *,
-    leads: tuple[int, ...],
-    reason: Reason,
-    message_id: int,
-    number: Number,
-    user_id: int,
-    to_e164: str,
-    segments: int,
-    at: datetime,
-    sent: tuple[str, str] | None,
-    error_code: str,
-) -> Any:
-    """After the send: ``sent`` is the provider's (message id, status), else
-    the send failed with ``error_code``. On success the R1-R3 timeline records
-    on ``leads`` (``lead_rules`` of the destination's leads, for ``reason``)
-    and R9 usage for the sender. One transaction, up to five round trips:
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a send came to: ``sent`` is the provider's (message id, status),
+    else the send failed with ``error_code``."""
+
+    message_id: int
+    number: Number
+    user_id: int
+    to_e164: str
+    segments: int
+    at: datetime
+    sent: tuple[str, str] | None
+    error_code: str
+
+
+async def record_outcome(conn: Conn, outcome: Outcome, leads: tuple[int, ...], reason: Reason) -> Any:
+    """After the send: its status (and on success the provider's id), and on
+    success the R1-R3 timeline records on ``leads`` (``lead_rules`` of the
+    destination's leads, for ``reason``) and R9 usage for the sender. One transaction, up to five round trips:
     :class:`gateway.store.outcome_batch.SendOutcomes` does the same for many
     sends at once, and falls back to this one send at a time."""
+    message_id, number, user_id, sent = outcome.message_id, outcome.number, outcome.user_id, outcome.sent
     async with conn.transaction():
         if sent is not None:
             row = await conn.fetchrow(
@@ -100,21 +103,22 @@ async def record_outcome(
             event = InboundEvent(
                 number=number,
                 channel="text",
-                caller=to_e164,
+                caller=outcome.to_e164,
                 event_key=f"text:out:{message_id}",
-                occurred_at=at,
+                occurred_at=outcome.at,
                 agent_id=user_id,
                 message_id=message_id,
                 direction="outbound",
             )
-            await record_timeline(conn, event, Decision(reason, "single", (user_id,), leads, 0))
+            decision = Decision(reason, "single", (user_id,), leads, 0)
+            await record_timeline(conn, event, decision)
             await record_usage(
                 conn,
                 account_id=number.account_id,
                 user_id=user_id,
                 kind="text_segments",
-                quantity=segments,
-                at=at,
+                quantity=outcome.segments,
+                at=outcome.at,
                 number_id=number.id,
                 event_key=event.event_key,
                 message_id=message_id,
@@ -124,5 +128,5 @@ async def record_outcome(
             "UPDATE messages SET status = 'failed', error_code = $2, updated_at = now() WHERE id = $1"
             f" RETURNING {MESSAGE_COLUMNS}",
             message_id,
-            error_code[:200],
+            outcome.error_code[:200],
         )

@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from gateway.domain.billing import billing_period
-from gateway.domain.index import Index, Number
+from gateway.domain.index import Index
 from gateway.domain.routing import Reason, lead_rules
 from gateway.store import Conn, outbound
 from gateway.store.group_commit import BatchObserver, GroupCommit, answer, fail
+from gateway.store.outbound import Outcome
 from gateway.store.text_batch import DATA_REFUSED
 
 __all__ = ["SendOutcomes"]
@@ -42,21 +42,14 @@ _UNBOUNDED = 1 << 40
 
 
 @dataclass(slots=True)
-class _Outcome:
-    message_id: int
-    number: Number
-    user_id: int
-    to_e164: str
-    segments: int
-    at: datetime
-    sent: tuple[str, str] | None
-    error_code: str
+class _Pending:
+    outcome: Outcome
     leads: tuple[int, ...]
     reason: Reason
     waiters: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
-class SendOutcomes(GroupCommit[int, _Outcome]):
+class SendOutcomes(GroupCommit[int, _Pending]):
     """Records send outcomes in batches through ``pool`` (see the module doc)."""
 
     def __init__(
@@ -76,92 +69,63 @@ class SendOutcomes(GroupCommit[int, _Outcome]):
             on_batch=on_batch,
         )
 
-    async def record(
-        self,
-        index: Index,
-        *,
-        message_id: int,
-        number: Number,
-        user_id: int,
-        to_e164: str,
-        segments: int,
-        at: datetime,
-        sent: tuple[str, str] | None,
-        error_code: str,
-    ) -> Any:
-        """As :func:`gateway.store.outbound.record_outcome` (same arguments,
-        same row back), for a share of one statement and one commit. Raises
-        a DATA_REFUSED error for this send alone, or the database's error
-        when it is away."""
-        timeline, _, reason = lead_rules(index.leads_for(number.account_id, to_e164))
-
-        def new_outcome() -> _Outcome:
-            return _Outcome(
-                message_id, number, user_id, to_e164, segments, at, sent, error_code, timeline, reason
-            )
-
-        _, waiter = self._join(message_id, new_outcome)
+    async def record(self, index: Index, outcome: Outcome) -> Any:
+        """As :func:`gateway.store.outbound.record_outcome` (the same row
+        back), for a share of one statement and one commit; the timeline's
+        leads are looked up in ``index``. Raises a DATA_REFUSED error for this
+        send alone, or the database's error when it is away."""
+        leads, _, reason = lead_rules(index.leads_for(outcome.number.account_id, outcome.to_e164))
+        _, waiter = self._join(outcome.message_id, lambda: _Pending(outcome, leads, reason))
         return await waiter
 
-    async def _write(self, conn: Conn, batch: list[_Outcome]) -> None:
+    async def _write(self, conn: Conn, batch: list[_Pending]) -> None:
         try:
             rows = await conn.fetch(_BATCH, *_columns(batch))
         except DATA_REFUSED:
             await self._one_by_one(conn, batch)
             return
         by_ord = {row["ord"]: row for row in rows}
-        for i, outcome in enumerate(batch):
+        for i, pending in enumerate(batch):
             row = by_ord.get(i)
             if row is None:  # the claim's row is gone: only an account's deletion removes it
-                fail(outcome, LookupError(f"message {outcome.message_id} is not stored"))
+                fail(pending, LookupError(f"message {pending.outcome.message_id} is not stored"))
             else:
-                answer(outcome, _without_ord(row), _without_ord(row))
+                answer(pending, _without_ord(row), _without_ord(row))
 
-    async def _one_by_one(self, conn: Conn, batch: list[_Outcome]) -> None:
+    async def _one_by_one(self, conn: Conn, batch: list[_Pending]) -> None:
         """A refused value failed the batch: record each send alone, so only
         that one fails. Rare, and costs a transaction per send."""
-        for outcome in batch:
+        for pending in batch:
             try:
-                row = await outbound.record_outcome(
-                    conn,
-                    leads=outcome.leads,
-                    reason=outcome.reason,
-                    message_id=outcome.message_id,
-                    number=outcome.number,
-                    user_id=outcome.user_id,
-                    to_e164=outcome.to_e164,
-                    segments=outcome.segments,
-                    at=outcome.at,
-                    sent=outcome.sent,
-                    error_code=outcome.error_code,
-                )
+                row = await outbound.record_outcome(conn, pending.outcome, pending.leads, pending.reason)
             except DATA_REFUSED as exc:
-                fail(outcome, exc)
+                fail(pending, exc)
             else:
-                answer(outcome, row, row)
+                answer(pending, row, row)
 
 
 def _without_ord(row: asyncpg.Record) -> dict[str, Any]:
     return {name: value for name, value in row.items() if name != "ord"}
 
 
-def _columns(batch: list[_Outcome]) -> list[Any]:
+def _columns(batch: list[_Pending]) -> list[Any]:
     """The batch as the statement's arrays; sends with leads repeat their
     ord once per lead (R2 gives every duplicate a record)."""
-    leads = [(i, lead) for i, outcome in enumerate(batch) if outcome.sent for lead in outcome.leads]
+    sends = [pending.outcome for pending in batch]
+    leads = [(i, lead) for i, pending in enumerate(batch) if pending.outcome.sent for lead in pending.leads]
     return [
         list(range(len(batch))),
-        [outcome.message_id for outcome in batch],
-        [outcome.sent[0] if outcome.sent else None for outcome in batch],
-        [outcome.sent[1] if outcome.sent else "failed" for outcome in batch],
-        [None if outcome.sent else outcome.error_code[:200] for outcome in batch],
-        [outcome.number.account_id for outcome in batch],
-        [outcome.number.id for outcome in batch],
-        [outcome.user_id for outcome in batch],
-        [outcome.segments for outcome in batch],
-        [outcome.at for outcome in batch],
-        [billing_period(outcome.at) for outcome in batch],
-        [outcome.reason for outcome in batch],
+        [send.message_id for send in sends],
+        [send.sent[0] if send.sent else None for send in sends],
+        [send.sent[1] if send.sent else "failed" for send in sends],
+        [None if send.sent else send.error_code[:200] for send in sends],
+        [send.number.account_id for send in sends],
+        [send.number.id for send in sends],
+        [send.user_id for send in sends],
+        [send.segments for send in sends],
+        [send.at for send in sends],
+        [billing_period(send.at) for send in sends],
+        [pending.reason for pending in batch],
         [i for i, _ in leads],
         [lead for _, lead in leads],
     ]
