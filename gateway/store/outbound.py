@@ -88,9 +88,9 @@ class Outcome:
 async def record_outcome(conn: Conn, outcome: Outcome, leads: tuple[int, ...], reason: Reason) -> Any:
     """After the send: its status (and on success the provider's id), and on
     success the R1-R3 timeline records on ``leads`` (``lead_rules`` of the
-    destination's leads, for ``reason``) and R9 usage for the sender. One transaction, up to five round trips:
-    :class:`gateway.store.outcome_batch.SendOutcomes` does the same for many
-    sends at once, and falls back to this one send at a time."""
+    destination's leads, for ``reason``) and R9 usage for the sender. One
+    transaction, up to five round trips: :class:`gateway.store.outcome_batch.SendOutcomes`
+    does the same for many sends at once, and falls back to this one send at a time."""
     message_id, number, user_id, sent = outcome.message_id, outcome.number, outcome.user_id, outcome.sent
     async with conn.transaction():
         if sent is not None:
