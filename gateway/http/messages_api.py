@@ -31,8 +31,8 @@ from gateway.http.validation import field_error
 from gateway.providers import SendFailed, Sent
 from gateway.store import outbound
 from gateway.store.crm import may_use
+from gateway.store.group_commit import DATA_REFUSED
 from gateway.store.index_queries import fetch_account_numbers, fetch_user
-from gateway.store.text_batch import DATA_REFUSED
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,12 @@ from gateway.store import Conn
 
 BatchObserver = Callable[[int, float], None]  # (requests in the batch, seconds to commit)
 
+# Postgres refusing a value (class 22/23): that request's fault, not its batch-mates'.
+DATA_REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+)  # (requests in the batch, seconds to commit)
+
 
 class Overloaded(Exception):
     """More requests are waiting than can be written within the provider's budget."""

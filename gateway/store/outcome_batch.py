@@ -31,9 +31,8 @@ from gateway.domain.billing import billing_period
 from gateway.domain.index import Index
 from gateway.domain.routing import Reason, lead_rules
 from gateway.store import Conn, outbound
-from gateway.store.group_commit import BatchObserver, GroupCommit, answer, fail
+from gateway.store.group_commit import DATA_REFUSED, BatchObserver, GroupCommit, answer, fail
 from gateway.store.outbound import Outcome
-from gateway.store.text_batch import DATA_REFUSED
 
 __all__ = ["SendOutcomes"]
 

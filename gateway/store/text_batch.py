@@ -25,13 +25,10 @@ import asyncpg
 from gateway.domain.index import Index
 from gateway.domain.routing import route
 from gateway.store import Conn, texts
-from gateway.store.group_commit import BatchObserver, GroupCommit, Overloaded, answer, fail
+from gateway.store.group_commit import DATA_REFUSED, BatchObserver, GroupCommit, Overloaded, answer, fail
 from gateway.store.texts import Accepted, InboundText, TextRow, UnknownNumber
 
 __all__ = ["DATA_REFUSED", "Overloaded", "TextBatcher"]
-
-# Postgres refusing a value (class 22/23): that text's fault, not its batch-mates'.
-DATA_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 @dataclass(slots=True)
