@@ -39,10 +39,7 @@ from gateway.store import Conn
 BatchObserver = Callable[[int, float], None]  # (requests in the batch, seconds to commit)
 
 # Postgres refusing a value (class 22/23): that request's fault, not its batch-mates'.
-DATA_REFUSED = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
-)  # (requests in the batch, seconds to commit)
+DATA_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 class Overloaded(Exception):
